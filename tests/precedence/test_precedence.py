@@ -1,0 +1,94 @@
+"""The site-wide group_vars layer, proven with a real ansible-playbook run.
+
+The fixture mirrors the repository: a top playbook with a ``group_vars/`` beside
+it (the site defaults), a play imported from a subdirectory, and an inventory
+with its own group_vars and host_vars. Both plays must see the same values:
+site default < inventory group_vars < host_vars, group beating ``all``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+REPO = HERE.parents[1]
+
+EXPECTED = {
+    # only the site layer defines it: every play sees it, imported ones too
+    "k_site_all": "site-all",
+    # the inventory's group_vars/all beats the site's group_vars/all
+    "k_site_all_inv_all": "inventory-all",
+    # as in plain Ansible, a specific group beats `all`, whichever layer it comes from
+    "k_site_web_inv_all": "site-web",
+    # the inventory's group_vars/web beats the site's group_vars/web
+    "k_site_web_inv_web": "inventory-web",
+    # host_vars beat every group layer
+    "k_inv_web_host": "host",
+    "k_site_all_host": "host",
+    # group_vars files (site ones included) beat vars written in the inventory file,
+    # as Ansible's own group_vars/ does
+    "k_site_all_inv_file": "site-all",
+}
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    out = tmp_path_factory.mktemp("dump")
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        SLIPWAY_SITE_GROUP_VARS=str(HERE / "group_vars"),
+        ANSIBLE_LOCALHOST_WARNING="false",
+    )
+    bindir = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+    proc = subprocess.run(
+        [
+            str(bindir / "ansible-playbook"),
+            "-i",
+            str(HERE / "inventory"),
+            str(HERE / "site.yml"),
+            "-e",
+            f"dump_dir={out}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {name: json.loads((out / f"{name}.json").read_text()) for name in ("inline", "imported")}
+
+
+@pytest.mark.parametrize("play", ["inline", "imported"])
+def test_every_play_sees_the_same_layers(dumps: dict[str, dict[str, str]], play: str) -> None:
+    assert dumps[play] == EXPECTED
+
+
+def test_real_site_defaults_reach_every_inventory() -> None:
+    """The repository's own group_vars/ reaches each inventory, which may override it."""
+    bindir = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    for inventory in ("prod", "staging"):
+        proc = subprocess.run(
+            [str(bindir / "ansible-inventory"), "-i", f"inventories/{inventory}", "--list"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        hostvars = json.loads(proc.stdout)["_meta"]["hostvars"]
+        assert hostvars, f"inventories/{inventory} has no hosts"
+        for host, hv in hostvars.items():
+            # set only in the root group_vars/all
+            assert hv["slipway_app_name"] == "slipway", host
+            # set in the root group_vars/all and overridden by each inventory
+            assert hv["slipway_environment"] == inventory, host
