@@ -35,7 +35,7 @@ DOCUMENTATION = """
       - The directory can be pointed elsewhere with C(SLIPWAY_SITE_GROUP_VARS) (used by tests).
     options:
       stage:
-        description: Only the inventory stage, so that the layer sits below the inventory's group_vars.
+        description: Inventory stage only, so the layer sits below the inventory's group_vars.
         default: inventory
         choices: [inventory]
         ini:
@@ -59,9 +59,7 @@ class VarsModule(BaseVarsPlugin):
     REQUIRES_ENABLED = True
     is_stateless = True
 
-    def get_vars(
-        self, loader: Any, path: str, entities: Any, cache: bool = True
-    ) -> dict[str, Any]:
+    def get_vars(self, loader: Any, path: str, entities: Any, cache: bool = True) -> dict[str, Any]:
         super().get_vars(loader, path, entities)
         directory = Path(self.get_option("directory") or REPO_ROOT / "group_vars")
         if not directory.is_dir():

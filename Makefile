@@ -1,0 +1,62 @@
+# Slipway's commands. Run as root from the repository root.
+#   make sandbox   set up the controller, bring up local VMs and converge site.yml on them
+#   make test      lint + unit tests + app tests + sandbox tests + every Molecule scenario
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+PYTHON ?= python3
+SANDBOX := $(PYTHON) tools/sandbox.py
+PEBBLE := $(PYTHON) tools/pebble.py
+SCENARIO ?= default
+# Parallel pytest workers: Molecule scenarios, app tests and unit tests run side by side.
+TEST_WORKERS ?= 3
+PYTEST_ARGS ?=
+
+.PHONY: help venv sandbox sandbox-down lint unit molecule test bench clean
+
+help: ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.synced: pyproject.toml uv.lock app/pyproject.toml
+	@command -v uv >/dev/null || $(PYTHON) -m pip install --quiet 'uv>=0.5'
+	uv sync --frozen --quiet
+	@touch $@
+
+venv: $(VENV)/.synced ## Create or update the controller virtualenv (uv, from uv.lock)
+
+sandbox: venv ## Bring up the sandbox VMs and converge site.yml on them
+	$(SANDBOX) up
+	$(PEBBLE) start --from-inventory inventories/sandbox
+	ansible-playbook site.yml -i inventories/sandbox
+	@$(PYTHON) tools/sandbox.py summary
+
+sandbox-down: ## Stop and remove the sandbox VMs and Pebble
+	-$(PEBBLE) stop
+	$(SANDBOX) down
+
+lint: venv ## ansible-lint (production profile), yamllint, ruff, mypy
+	ansible-lint --nocolor -q
+	yamllint --strict .
+	ruff check .
+	ruff format --check .
+	mypy tools plugins app/src
+
+unit: venv ## Unit and app tests only (no VMs)
+	pytest -m "not vm" -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+molecule: venv ## One Molecule scenario: make molecule SCENARIO=allinone
+	molecule test -s $(SCENARIO)
+
+test: venv lint ## Everything: lint, unit, app, sandbox and all Molecule scenarios
+	pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+bench: venv ## Measure and print figures; writes bench/results/latest.json
+	$(PYTHON) bench/run.py --out bench/results/latest.json
+
+clean: ## Remove the virtualenv and caches (not the VMs: see sandbox-down)
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache dist
