@@ -1,0 +1,63 @@
+"""Run every benchmark, print its figures, and merge them into one JSON file.
+
+    python3 bench/run.py --out bench/results/latest.json [--only sandbox,app,converge]
+
+Each sub-benchmark is a script in this folder that prints a human table on
+stderr and, with --json, one JSON object on stdout. Ratios are printed beside
+their baselines by the sub-benchmarks themselves, within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = {
+    "sandbox": HERE / "sandbox_bench.py",
+    "app": HERE / "app_bench.py",
+    "converge": HERE / "converge_bench.py",
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
+    parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset")
+    args = parser.parse_args()
+
+    results: dict[str, object] = {
+        "machine": {
+            "cpus": len(__import__("os").sched_getaffinity(0)),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    failed = []
+    for name in args.only.split(","):
+        script = BENCHES[name]
+        print(f"== bench {name}: {script.name}", file=sys.stderr, flush=True)
+        proc = subprocess.run(
+            [sys.executable, str(script), "--json"], stdout=subprocess.PIPE, text=True, check=False
+        )
+        if proc.returncode != 0:
+            print(f"!! bench {name} failed (exit {proc.returncode})", file=sys.stderr)
+            failed.append(name)
+            continue
+        results[name] = json.loads(proc.stdout)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
