@@ -1,0 +1,10 @@
+"""All routers in one place."""
+
+from fastapi import APIRouter
+
+from slipway_app.api.routes import health, jobs, meta
+
+api_router = APIRouter()
+api_router.include_router(health.router)
+api_router.include_router(meta.router)
+api_router.include_router(jobs.router)

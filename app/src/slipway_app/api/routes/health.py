@@ -1,0 +1,35 @@
+"""``/health/live`` (no I/O) and ``/health/ready`` (database, redis, migrations)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from slipway_app import __version__, health
+from slipway_app.api.deps import EngineDep, HeadsDep, RedisDep, SettingsDep
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live")
+async def live() -> dict[str, str]:
+    """The process is up and serving; touches nothing else."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"description": "a check failed; `failed` names it"}})
+async def ready(
+    settings: SettingsDep, engine: EngineDep, redis: RedisDep, heads: HeadsDep
+) -> JSONResponse:
+    checks = await health.readiness(engine, redis, heads, settings.health_timeout)
+    failed = [name for name, result in checks.items() if result.status == "fail"]
+    body: dict[str, Any] = {
+        "status": "fail" if failed else "ok",
+        "failed": failed,
+        "release_id": settings.release_id,
+        "version": __version__,
+        "checks": {name: result.as_dict() for name, result in checks.items()},
+    }
+    return JSONResponse(body, status_code=503 if failed else 200)

@@ -1,0 +1,89 @@
+"""Readiness checks: PostgreSQL, Redis and the Alembic revision, each timed and bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from slipway_app.migrate import current_revisions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckResult:
+    status: str  # "ok" | "fail" | "skipped"
+    latency_ms: float = 0.0
+    error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status, "latency_ms": self.latency_ms}
+        if self.error:
+            out["error"] = self.error
+        out.update(self.info)
+        return out
+
+
+async def _timed(
+    name: str, timeout: float, probe: Callable[[], Awaitable[dict[str, Any] | None]]
+) -> CheckResult:
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            info = await probe()
+    except TimeoutError:
+        error = f"timed out after {timeout:g}s"
+    except Exception as exc:
+        log.warning("readiness check failed", extra={"check": name, "error": str(exc)})
+        error = type(exc).__name__
+    else:
+        ms = round((time.perf_counter() - start) * 1000, 3)
+        return CheckResult("ok", ms, info=info or {})
+    ms = round((time.perf_counter() - start) * 1000, 3)
+    return CheckResult("fail", ms, error=error)
+
+
+async def check_database(
+    engine: AsyncEngine, heads: tuple[str, ...], timeout: float
+) -> tuple[CheckResult, CheckResult]:
+    """``database`` (connect + SELECT 1) and ``migrations`` (revision == shipped head)."""
+    current: list[tuple[str, ...]] = []
+
+    async def probe() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+            current.append(await conn.run_sync(current_revisions))
+
+    db = await _timed("database", timeout, probe)
+    if db.status != "ok":
+        return db, CheckResult("skipped", error="database unreachable")
+    cur = current[0]
+    info = {"current": ",".join(cur) or None, "head": ",".join(heads)}
+    if cur != heads:
+        return db, CheckResult("fail", error="database is not at the Alembic head", info=info)
+    return db, CheckResult("ok", info=info)
+
+
+async def check_redis(client: Redis, timeout: float) -> CheckResult:
+    async def probe() -> None:
+        await client.ping()
+
+    return await _timed("redis", timeout, probe)
+
+
+async def readiness(
+    engine: AsyncEngine, redis: Redis, heads: tuple[str, ...], timeout: float
+) -> dict[str, CheckResult]:
+    (db, migrations), red = await asyncio.gather(
+        check_database(engine, heads, timeout), check_redis(redis, timeout)
+    )
+    return {"database": db, "redis": red, "migrations": migrations}

@@ -1,0 +1,51 @@
+"""Open and close the app's connections: SQLAlchemy engine, Redis pool, Celery producer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from slipway_app.celery_app import create_celery
+from slipway_app.config import Settings, redact_url
+from slipway_app.db import make_async_engine, make_sessionmaker
+from slipway_app.migrate import script_heads
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = make_async_engine(settings)
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_connect_timeout,
+        socket_timeout=settings.redis_socket_timeout,
+        health_check_interval=30,
+        max_connections=64,
+    )
+    celery = create_celery(settings)
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.redis = redis
+    app.state.celery = celery
+    app.state.migration_heads = script_heads(settings)
+    log.info(
+        "app started",
+        extra={
+            "env": settings.env,
+            "database": redact_url(settings.database_url),
+            "redis": redact_url(settings.redis_url),
+        },
+    )
+    try:
+        yield
+    finally:
+        celery.close()
+        await redis.aclose()
+        await engine.dispose()
+        log.info("app stopped")

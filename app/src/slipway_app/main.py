@@ -1,0 +1,41 @@
+"""Builds the FastAPI app; ``slipway_app.main:app`` is what Gunicorn/Uvicorn serve."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from slipway_app import __version__, errors
+from slipway_app.api.main import api_router
+from slipway_app.config import Settings, get_settings
+from slipway_app.lifespan import lifespan
+from slipway_app.logs import configure_logging
+from slipway_app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    public_docs = settings.env != "prod"
+    app = FastAPI(
+        title="slipway-app",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if public_docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if public_docs else None,
+    )
+    app.state.settings = settings
+    errors.register(app)
+    # add_middleware wraps: the last one added runs first (outermost).
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, access_log_enabled=settings.access_log)
+    app.include_router(api_router)
+    return app
+
+
+def _app_from_environment() -> FastAPI:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.release_id)
+    return create_app(settings)
+
+
+app = _app_from_environment()
