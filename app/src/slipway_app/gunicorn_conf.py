@@ -37,6 +37,7 @@ keepalive = _settings.keepalive
 forwarded_allow_ips = _settings.forwarded_allow_ips
 proc_name = "slipway-app"
 preload_app = False  # each worker imports the app after fork (multiprocess metrics need it)
+control_socket_disable = True  # newer gunicorn: no control socket in $HOME
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = None  # the app's middleware writes the JSON access line (with request id)
 errorlog = "-"

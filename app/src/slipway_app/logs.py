@@ -27,6 +27,7 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.release_id = self.release_id
+        record.__dict__.pop("color_message", None)  # Uvicorn's ANSI copy of the message
         request_id = request_id_var.get()
         if request_id is not None and not hasattr(record, "request_id"):
             record.request_id = request_id
@@ -83,6 +84,7 @@ def logging_dict(level: str = "INFO", release_id: str = "dev") -> dict[str, Any]
             "uvicorn.error": {"level": level, "handlers": ["stdout"], "propagate": False},
             "uvicorn.access": {"level": "WARNING", "handlers": ["stdout"], "propagate": False},
             "celery": {"level": level},
+            "alembic.runtime.plugins": {"level": "WARNING"},
         },
     }
 

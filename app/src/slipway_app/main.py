@@ -38,4 +38,10 @@ def _app_from_environment() -> FastAPI:
     return create_app(settings)
 
 
-app = _app_from_environment()
+def __getattr__(name: str) -> FastAPI:
+    """``slipway_app.main:app`` is built on first access, so importing ``create_app``
+    (tests, tools) reads no environment and configures no logging."""
+    if name == "app":
+        globals()["app"] = built = _app_from_environment()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

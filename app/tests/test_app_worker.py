@@ -1,0 +1,145 @@
+"""A real Celery worker subprocess: the jobs round trip, and a worker killed with SIGKILL
+mid-task whose job a new worker finishes (acks_late + reject_on_worker_lost + a short
+Redis visibility timeout)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from slipway_app import task_metrics
+from slipway_app.config import Settings
+from slipway_testlib import (
+    PYTHON,
+    app_client,
+    service_env,
+    start_process,
+    stop_process,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.services, pytest.mark.anyio]
+
+VISIBILITY_TIMEOUT = 3
+
+
+@pytest.fixture
+def worker_settings(make_settings: Callable[..., Settings], services: dict[str, str]) -> Settings:
+    # A Redis database of its own, so no stale message from other tests reaches this worker.
+    url = services["SLIPWAY_TEST_REDIS_URL"].rsplit("/", 1)[0] + "/2"
+    redis.Redis.from_url(url).flushdb()
+    return make_settings(redis_url=url, celery_visibility_timeout=VISIBILITY_TIMEOUT)
+
+
+class Workers:
+    def __init__(self, settings: Settings, tmp: Path) -> None:
+        self.settings = settings
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.tmp / f"worker-{len(self.procs)}.log"
+        env = service_env(
+            SLIPWAY_ENV="test",
+            SLIPWAY_DATABASE_URL=self.settings.database_url,
+            SLIPWAY_REDIS_URL=self.settings.redis_url,
+            SLIPWAY_CELERY_VISIBILITY_TIMEOUT=str(VISIBILITY_TIMEOUT),
+            SLIPWAY_CELERY_CONCURRENCY="1",
+            SLIPWAY_CELERY_POOL="prefork",
+            SLIPWAY_RELEASE_ID="test-release",
+        )
+        args = [PYTHON, "-m", "slipway_app.cli", "worker", "-Q", "default,gpu"]
+        args += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+        proc = start_process(args, env, log)
+        self.procs.append(proc)
+        wait_until(
+            lambda: proc.poll() is not None or " ready." in log.read_text(errors="replace"),
+            30,
+            "worker ready",
+        )
+        assert proc.poll() is None, log.read_text()[-3000:]
+        return proc, log
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+
+
+@pytest.fixture
+def workers(worker_settings: Settings, tmp_path: Path) -> Iterator[Workers]:
+    w = Workers(worker_settings, tmp_path)
+    yield w
+    w.stop_all()
+
+
+def _job_row(settings: Settings, job_id: str) -> dict[str, Any]:
+    dsn = settings.database_url.replace("+psycopg", "")
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT status, attempts, result FROM jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+    assert row is not None
+    return {"status": row[0], "attempts": row[1], "result": row[2]}
+
+
+async def _wait_job(client: Any, job_id: str, timeout: float) -> dict[str, Any]:
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = (await client.get(f"/api/jobs/{job_id}")).json()
+        if body["status"] in ("succeeded", "failed"):
+            return body
+        await anyio.sleep(0.2)
+    raise AssertionError(f"job {job_id} not finished after {timeout}s: {body}")
+
+
+async def test_job_round_trip(worker_settings: Settings, workers: Workers) -> None:
+    _, log = workers.start()
+    async with app_client(worker_settings) as c:
+        r = await c.post("/api/jobs", json={"kind": "text", "text": "to be or not to be"})
+        assert r.status_code == 202, r.text
+        gpu = await c.post("/api/jobs", json={"kind": "gpu", "text": "on the gpu queue"})
+        job = await _wait_job(c, r.json()["id"], 30)
+        gpu_job = await _wait_job(c, gpu.json()["id"], 30)
+        metrics = (await c.get("/metrics")).text
+    assert job["status"] == "succeeded", job
+    assert job["result"]["words"] == 6
+    assert job["result"]["top_words"][0] == ["to", 2]
+    assert job["attempts"] == 1
+    assert _job_row(worker_settings, job["id"])["result"] == job["result"]  # from PostgreSQL
+    assert gpu_job["status"] == "succeeded" and gpu_job["queue"] == "gpu"
+    assert 'slipway_celery_tasks_total{outcome="success",task="slipway.run_job"}' in metrics
+    logged = log.read_text()
+    assert f'"task_id": "{job["id"]}"' in logged  # task logs carry the task id
+
+
+async def test_killed_worker_loses_no_task(worker_settings: Settings, workers: Workers) -> None:
+    first, _ = workers.start()
+    async with app_client(worker_settings) as c:
+        r = await c.post("/api/jobs", json={"kind": "sleep", "seconds": 2.5})
+        assert r.status_code == 202
+        job_id = r.json()["id"]
+        wait_until(
+            lambda: _job_row(worker_settings, job_id)["status"] == "running", 20, "job running"
+        )
+        stop_process(first, sig=signal.SIGKILL)  # the whole worker, mid-task
+        assert _job_row(worker_settings, job_id)["status"] == "running"
+        workers.start()
+        job = await _wait_job(c, job_id, 40)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2
+    assert job["result"]["slept_seconds"] >= 2.5
+
+
+def test_task_outcome_counters_parse() -> None:
+    raw = {b"slipway.run_job|success": b"3", b"x|bogus": b"1", b"nolabel": b"2"}
+    assert list(task_metrics.parse(raw)) == [("slipway.run_job", "success", 3.0)]
