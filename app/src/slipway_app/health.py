@@ -11,11 +11,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from slipway_app.migrate import current_revisions
+from slipway_app.migrate import VERSION_TABLE
 
 log = logging.getLogger(__name__)
+
+VERSION_QUERY = text(f"SELECT version_num FROM {VERSION_TABLE}")
 
 
 @dataclass
@@ -59,9 +62,14 @@ async def check_database(
     current: list[tuple[str, ...]] = []
 
     async def probe() -> None:
+        # One round trip answers both: reachable, and which revision it is at.
         async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-            current.append(await conn.run_sync(current_revisions))
+            try:
+                rows = await conn.execute(VERSION_QUERY)
+                current.append(tuple(sorted(r[0] for r in rows)))
+            except ProgrammingError:  # no alembic_version table: never migrated
+                await conn.rollback()
+                current.append(())
 
     db = await _timed("database", timeout, probe)
     if db.status != "ok":

@@ -14,6 +14,7 @@ from slipway_app.config import Settings
 from slipway_app.db import make_sync_engine
 
 SCRIPT_LOCATION = "slipway_app:migrations"
+VERSION_TABLE = "alembic_version"  # Alembic's default, read directly by /health/ready
 
 
 def alembic_config(settings: Settings) -> Config:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
@@ -46,6 +47,7 @@ async def submit_job(
         status=JobStatus.QUEUED.value,
         params=payload.model_dump(exclude={"kind"}),
         attempts=0,
+        created_at=datetime.now(UTC),
     )
     session.add(job)
     await session.commit()
@@ -63,7 +65,6 @@ async def submit_job(
     metrics.JOBS_SUBMITTED.labels(payload.kind).inc()
     log.info("job submitted", extra={"job_id": job_id, "kind": payload.kind, "queue": queue})
     response.headers["Location"] = f"/api/jobs/{job_id}"
-    await session.refresh(job)
     return _out(job)
 
 
