@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = REPO / "tools" / "test-services.sh"
@@ -43,6 +42,8 @@ ENDPOINTS = {
     "post_jobs": ("POST", "/api/jobs"),
 }
 START_TIMEOUT = 60
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "python:slipway_app.gunicorn_conf"]
+UVICORN = [sys.executable, "-m", "uvicorn", "slipway_app.main:app", "--host", "127.0.0.1"]
 
 
 def log(msg: str) -> None:
@@ -290,8 +291,7 @@ def main() -> int:
     targets: dict[str, tuple[list[str], dict[str, str]]] = {}
     gport, uport = free_port(), free_port()
     targets["gunicorn"] = (
-        [sys.executable, "-m", "gunicorn", "-c", "python:slipway_app.gunicorn_conf"]
-        + ["slipway_app.main:app"],
+        [*GUNICORN, "slipway_app.main:app"],
         {
             **base_env,
             "SLIPWAY_BIND": f"127.0.0.1:{gport}",
@@ -300,8 +300,7 @@ def main() -> int:
         },
     )
     targets["uvicorn"] = (
-        [sys.executable, "-m", "uvicorn", "slipway_app.main:app", "--host", "127.0.0.1"]
-        + ["--port", str(uport), "--no-access-log"],
+        [*UVICORN, "--port", str(uport), "--no-access-log"],
         base_env,
     )
     try:
@@ -316,9 +315,7 @@ def main() -> int:
                     if wrk:
                         if args.warmup:
                             run_wrk(wrk, url, method, args.warmup, args.connections, args.threads)
-                        r = run_wrk(
-                            wrk, url, method, args.duration, args.connections, args.threads
-                        )
+                        r = run_wrk(wrk, url, method, args.duration, args.connections, args.threads)
                     else:
                         if args.warmup:
                             run_httpx(url, method, args.warmup, args.connections)
