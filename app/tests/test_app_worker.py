@@ -44,9 +44,9 @@ class Workers:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> tuple[subprocess.Popen[bytes], Path]:
+    def start(self, **extra_env: str) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.tmp / f"worker-{len(self.procs)}.log"
-        env = service_env(
+        values = dict(
             SLIPWAY_ENV="test",
             SLIPWAY_DATABASE_URL=self.settings.database_url,
             SLIPWAY_REDIS_URL=self.settings.redis_url,
@@ -55,6 +55,8 @@ class Workers:
             SLIPWAY_CELERY_POOL="prefork",
             SLIPWAY_RELEASE_ID="test-release",
         )
+        values.update(extra_env)
+        env = service_env(**values)
         args = [PYTHON, "-m", "slipway_app.cli", "worker", "-Q", "default,gpu"]
         args += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
         proc = start_process(args, env, log)
@@ -143,3 +145,28 @@ async def test_killed_worker_loses_no_task(worker_settings: Settings, workers: W
 def test_task_outcome_counters_parse() -> None:
     raw = {b"slipway.run_job|success": b"3", b"x|bogus": b"1", b"nolabel": b"2"}
     assert list(task_metrics.parse(raw)) == [("slipway.run_job", "success", 3.0)]
+
+
+async def test_sigterm_soft_shutdown_is_bounded_and_requeues(
+    worker_settings: Settings, workers: Workers
+) -> None:
+    """systemd's stop (SIGTERM) waits at most the soft shutdown timeout, and the unfinished
+    task comes back for the next worker instead of being lost."""
+    # Restoring at shutdown does not wait for the visibility timeout: make it long.
+    slow_redelivery = {"SLIPWAY_CELERY_VISIBILITY_TIMEOUT": "60"}
+    first, _ = workers.start(SLIPWAY_CELERY_SOFT_SHUTDOWN_TIMEOUT="1", **slow_redelivery)
+    async with app_client(worker_settings) as c:
+        r = await c.post("/api/jobs", json={"kind": "sleep", "seconds": 4})
+        job_id = r.json()["id"]
+        wait_until(
+            lambda: _job_row(worker_settings, job_id)["status"] == "running", 20, "job running"
+        )
+        start = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=15)
+        stopped_after = time.monotonic() - start
+        assert _job_row(worker_settings, job_id)["status"] == "running"
+        workers.start(**slow_redelivery)
+        job = await _wait_job(c, job_id, 20)
+    assert stopped_after < 5, f"worker took {stopped_after:.1f}s to stop"
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job

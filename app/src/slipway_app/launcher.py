@@ -55,6 +55,11 @@ def build_worker_argv(settings: Settings, args: Sequence[str]) -> list[str]:
 def run_worker(args: Sequence[str]) -> None:
     if os.name != "posix":  # the seeds' launcher refuses Windows too
         raise SystemExit("slipway-app worker: POSIX systems only")
+    # SIGTERM (systemd's stop) starts Celery's soft shutdown: running tasks get
+    # SLIPWAY_CELERY_SOFT_SHUTDOWN_TIMEOUT seconds, then the rest are requeued (acks_late)
+    # instead of waiting unbounded for systemd's SIGKILL. Set REMAP_SIGTERM=SIGTERM to keep
+    # Celery's plain warm shutdown. Must be set before celery/billiard is imported.
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
     from slipway_app.worker import celery_app, settings
 
     argv = build_worker_argv(settings, args)
