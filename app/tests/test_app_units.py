@@ -67,7 +67,7 @@ def test_compute_sleep_is_bounded() -> None:
 
 
 def _opts(argv: list[str]) -> dict[str, str]:
-    return dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+    return dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
 
 
 def test_launcher_defaults_from_settings() -> None:
@@ -75,7 +75,7 @@ def test_launcher_defaults_from_settings() -> None:
         celery_queues="gpu", celery_pool="solo", celery_concurrency=3, celery_log_level="warning"
     )
     argv = build_worker_argv(settings, [])
-    assert argv[0] == "worker"
+    assert argv[:2] == ["--quiet", "worker"]
     opts = _opts(argv)
     assert (opts["queues"], opts["pool"], opts["concurrency"], opts["loglevel"]) == (
         "gpu",

@@ -42,6 +42,7 @@ def build_worker_argv(settings: Settings, args: Sequence[str]) -> list[str]:
     concurrency = opts.concurrency or settings.celery_concurrency
     hostname = opts.hostname or f"slipway-{queues.replace(',', '-')}@%h"
     return [
+        "--quiet",  # no ASCII banner: stdout stays JSON lines
         "worker",
         f"--queues={queues}",
         f"--loglevel={loglevel}",
@@ -71,6 +72,7 @@ def run_beat(args: Sequence[str]) -> None:
     from slipway_app.worker import celery_app, settings
 
     argv = [
+        "--quiet",
         "beat",
         f"--loglevel={settings.worker_log_level}",
         f"--schedule={settings.beat_schedule_file}",
