@@ -20,9 +20,12 @@ pga = importlib.util.module_from_spec(_spec)
 sys.modules["postgresql_app"] = pga
 _spec.loader.exec_module(pga)
 
-# A verifier written by PostgreSQL 15 itself (Debian bookworm) for the password
-# "sandbox-db-7c1f0e9a4b2d": SELECT rolpassword FROM pg_authid after ALTER ROLE ... PASSWORD.
-PG_VERIFIER = "SCRAM-SHA-256$4096:AAAAAAAAAAAAAAAAAAAAAA==$PLACEHOLDER"
+# A verifier written by PostgreSQL 15.20 itself (Debian bookworm) for the password
+# "sandbox-db-7c1f0e9a4b2d": SELECT rolpassword FROM pg_authid after CREATE ROLE ... PASSWORD.
+PG_VERIFIER = (
+    "SCRAM-SHA-256$4096:hxICiP5JMGxaADWrDP2oYg==$DKFBiL+naOE8svVPzsbeLAqdXR0lA3DcEyBgE8l4PDA="
+    ":Vzu7NAYQcY3cyfmZDZpTUJEq9ePIEhAoRj986Ec3puE="
+)
 SEP = "\x1f"
 
 
@@ -90,8 +93,6 @@ def test_non_scram_never_matches(stored: str | None) -> None:
 
 
 def test_matches_verifier_written_by_postgresql() -> None:
-    if "PLACEHOLDER" in PG_VERIFIER:
-        pytest.skip("no verifier from a real PostgreSQL recorded yet")
     assert pga.scram_matches("sandbox-db-7c1f0e9a4b2d", PG_VERIFIER)
     assert not pga.scram_matches("sandbox-db-7c1f0e9a4b2e", PG_VERIFIER)
 
