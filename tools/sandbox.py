@@ -693,6 +693,7 @@ def report(vms: list[Vm], key: Path, as_json: bool, extra: dict[str, object] | N
     rows = [
         {
             "name": vm.name,
+            "instance": vm.name,
             "cluster": vm.cluster,
             "address": vm.address,
             "groups": vm.groups,
