@@ -599,15 +599,45 @@ def ssh(
 
 
 def halt_vm(vm: Vm) -> None:
-    """Stop the VM (clean halt on SIGTERM) and unmount its overlay; its disk stays."""
+    """Stop the VM (clean halt on SIGTERM) and unmount its overlay; its disk stays.
+
+    A VM whose nspawn process died (crashed, or killed) leaves its systemd and
+    services running orphaned: they are all in the VM's cgroup, so they are
+    killed from there, and the host end of its veth pair is removed.
+    """
     if vm.pid:
         stop_process(vm.pid, STOP_TIMEOUT_S)
     vm.pid = 0
+    kill_cgroup(cgroup_dirs(vm)[0])
+    veth = f"vb-{vm.name}"[:15]
+    if Path(f"/sys/class/net/{veth}").exists():
+        run(["ip", "link", "del", veth], check=False)
     if os.path.ismount(vm.root) and run(["umount", str(vm.root)], check=False).returncode != 0:
         run(["umount", "-l", str(vm.root)], check=False)
     shutil.rmtree(f"/run/systemd/nspawn/propagate/{vm.name}", ignore_errors=True)
     for d in cgroup_dirs(vm):
         remove_cgroup(d)
+
+
+def cgroup_pids(path: Path) -> list[int]:
+    pids: list[int] = []
+    if path.is_dir():
+        for procs in path.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in procs.read_text().split()]
+    return pids
+
+
+def kill_cgroup(path: Path) -> None:
+    """SIGKILL whatever is left in a VM's cgroup, and wait (bounded) until it is gone."""
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while (pids := [p for p in cgroup_pids(path) if process_alive(p)]) and (
+        time.monotonic() < deadline
+    ):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
 
 
 def remove_cgroup(path: Path) -> None:
