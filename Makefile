@@ -33,7 +33,7 @@ sandbox: venv ## Bring up the sandbox VMs and converge site.yml on them
 	$(SANDBOX) up
 	$(PEBBLE) start --from-inventory inventories/sandbox
 	ansible-playbook site.yml -i inventories/sandbox
-	@$(PYTHON) tools/sandbox.py summary
+	@$(PYTHON) tools/sandbox_summary.py
 
 sandbox-down: ## Stop and remove the sandbox VMs and Pebble
 	-$(PEBBLE) stop
