@@ -288,6 +288,8 @@ def iptables_rules() -> list[tuple[str, list[str]]]:
             ],
         ),
     ]
+    # VM to VM on the bridge (bridged frames cross iptables when br_netfilter is loaded).
+    rules.append(("filter", ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT", *tag]))
     for ip in sorted(mirrors):
         port_match = ["-p", "tcp", "-m", "multiport", "--dports", "80,443"]
         rules.append(
@@ -320,8 +322,13 @@ def ensure_network() -> None:
         run(["ip", "addr", "add", f"{HOST_ADDRESS}/{NETWORK.prefixlen}", "dev", BRIDGE])
     run(["ip", "link", "set", BRIDGE, "up"])
     Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
-    if not tagged_rules():
-        for table, rule in iptables_rules():
+    wanted = iptables_rules()
+    present = [
+        run(["iptables", "-w", "-t", t, "-C", *r], check=False).returncode == 0 for t, r in wanted
+    ]
+    if not all(present) or len(tagged_rules()) != len(wanted):
+        remove_rules()  # order matters (the DROP is last): rewrite them all
+        for table, rule in wanted:
             run(["iptables", "-w", "-t", table, "-A", *rule])
 
 
@@ -334,11 +341,15 @@ def tagged_rules() -> list[tuple[str, str]]:
     return found
 
 
-def remove_network() -> None:
+def remove_rules() -> None:
     for table, spec in tagged_rules():
         argv = spec.split()
         argv[0] = "-D"
         run(["iptables", "-w", "-t", table, *[a.strip('"') for a in argv]], check=False)
+
+
+def remove_network() -> None:
+    remove_rules()
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         run(["ip", "link", "del", BRIDGE], check=False)
 
