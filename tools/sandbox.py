@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
 """Local Debian 12 VMs (systemd-nspawn machines) for `make sandbox` and Molecule.
 
-    tools/sandbox.py up [--topology allinone|split] [--cluster NAME --vm NAME:GROUP,GROUP ...]
+    tools/sandbox.py up [--cluster NAME] [--topology allinone|split | --vm NAME:GROUP,GROUP ...]
                         [--inventory PATH|-] [--json]
-    tools/sandbox.py status [--cluster NAME|--all] [--json]
-    tools/sandbox.py restart --cluster NAME VM      # halt and boot again, disk kept
-    tools/sandbox.py down [--cluster NAME|--all] [--purge]
+    tools/sandbox.py status [--cluster NAME | --all] [--json]
+    tools/sandbox.py restart [--cluster NAME] VM     # halt and boot again, disk kept
+    tools/sandbox.py down [--cluster NAME | --all] [--purge] [--json]
     tools/sandbox.py ssh VM [COMMAND ...]
 
-Each VM boots systemd as PID 1 from an overlay over one cached, read-only
-Debian 12 base (mmdebstrap), gets a static address on a private bridge, and is
-reached over SSH as root with a key kept in the state directory. VMs come in
-named clusters (the default one, `sandbox`, backs `inventories/sandbox`;
-Molecule scenarios use their own), so several sets can run at once.
-`down` removes every trace (mounts, processes, cgroups, and with the last
-cluster the bridge, the NAT rules and the apt cache proxy); only the base image
-and the package cache stay, unless `--purge`. Must run as root.
+Each VM boots systemd as PID 1 from its own overlay over one cached, read-only
+Debian 12 base (mmdebstrap, rebuilt only when its recipe changes), gets a static
+address on a private bridge, and is reached over SSH as root with a key kept in
+the state directory ($SLIPWAY_SANDBOX_DIR, default /var/lib/slipway-sandbox).
+VMs come in named clusters so that several sets run at once: the default one,
+`sandbox`, backs inventories/sandbox/hosts.yml; Molecule scenarios use their own.
+`up` is idempotent: running VMs are left alone, crashed ones are booted again,
+and VMs of the cluster that are no longer asked for are removed. `down` removes
+every trace (processes, mounts, cgroups, and with the last cluster the bridge,
+the iptables rules and the apt cache proxy); only the base image and the package
+cache stay, unless `--purge`. Must run as root. Progress goes to stderr, the
+result to stdout. Exit status 2 means an operator must act on the message.
 
 The recipe and its measured figures are in ../shared/SANDBOX.md.
 """
@@ -25,10 +29,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,21 +47,24 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("SLIPWAY_SANDBOX_DIR", "/var/lib/slipway-sandbox"))
+DEFAULT_INVENTORY = REPO / "inventories" / "sandbox" / "hosts.yml"
 BRIDGE = "slipbr0"
 NETWORK = ipaddress.ip_network("10.231.0.0/24")
 HOST_ADDRESS = "10.231.0.1"
-FIRST_VM_HOST = 10
+FIRST_VM_HOST = 10  # VMs get .10, .11, ...
 APT_PROXY_PORT = 3142
 MIRRORS = ("deb.debian.org", "security.debian.org")
-RULE_TAG = "slipway-sandbox"
+RULE_TAG = "slipway-sandbox"  # iptables comment and cgroup directory name
 CGROUP_HIERARCHIES = ("systemd", "unified", "memory")
-HOST_PACKAGES = {
+HOST_PACKAGES = {  # command -> Debian package
     "systemd-nspawn": "systemd-container",
     "mmdebstrap": "mmdebstrap",
     "iptables": "iptables",
     "apt-cacher-ng": "apt-cacher-ng",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
+    "ip": "iproute2",
+    "nsenter": "util-linux",
 }
 BASE_PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,python3,sudo,iproute2,ca-certificates"
 DEFAULT_CLUSTER = "sandbox"
@@ -69,7 +78,9 @@ TOPOLOGIES = {
     },
 }
 BOOT_TIMEOUT_S = 60.0
+SSH_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 STARTED = time.monotonic()
 
 
@@ -85,15 +96,41 @@ def progress(message: str) -> None:
 
 
 def run(
-    argv: list[str], *, check: bool = True, capture: bool = True, timeout: float = 600
+    argv: list[str], *, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=capture, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
-        raise SandboxError(
-            f"`{' '.join(argv)}` failed (exit {proc.returncode}): {' '.join(detail)}"
+    """Run a command, capturing its output; with `check`, a failure is a SandboxError."""
+    try:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
         )
+    except subprocess.TimeoutExpired as exc:
+        raise SandboxError(f"`{' '.join(argv)}` did not finish in {timeout:.0f} s") from exc
+    if check and proc.returncode != 0:
+        detail = " ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
+        raise SandboxError(f"`{' '.join(argv)}` failed (exit {proc.returncode}): {detail}")
     return proc
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SandboxError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise SandboxError(f"{what} needs root (nspawn, mounts, iptables): run it with sudo")
+
+
+# --- state ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -102,7 +139,7 @@ class Vm:
     cluster: str
     address: str
     groups: list[str] = field(default_factory=list)
-    pid: int = 0
+    pid: int = 0  # the systemd-nspawn process
 
     @property
     def dir(self) -> Path:
@@ -111,6 +148,10 @@ class Vm:
     @property
     def root(self) -> Path:
         return self.dir / "root"
+
+    @property
+    def cgroups(self) -> list[Path]:
+        return [Path(f"/sys/fs/cgroup/{h}/{RULE_TAG}/{self.name}") for h in CGROUP_HIERARCHIES]
 
 
 @dataclass
@@ -137,7 +178,7 @@ class State:
 
 @contextlib.contextmanager
 def locked() -> Iterator[State]:
-    """The state file, held under an exclusive lock (clusters may be changed concurrently)."""
+    """The state, under an exclusive lock: clusters are changed concurrently (Molecule)."""
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     with (STATE_DIR / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -145,7 +186,8 @@ def locked() -> Iterator[State]:
         try:
             yield state
         finally:
-            state.save()
+            if STATE_DIR.is_dir():  # gone after `down --purge`
+                state.save()
 
 
 def allocate_address(taken: set[str]) -> str:
@@ -156,11 +198,18 @@ def allocate_address(taken: set[str]) -> str:
     raise SandboxError(f"no free address left on {NETWORK}: run `down` on a cluster first")
 
 
+def check_name(kind: str, name: str) -> str:
+    if not NAME_RE.match(name):
+        raise SandboxError(
+            f"{kind} name {name!r} must be 1-40 lowercase letters, digits or hyphens"
+        )
+    return name
+
+
 def parse_vm_spec(spec: str) -> tuple[str, list[str]]:
     """`name:group,group` -> (name, groups), refusing unknown groups and bad names."""
     name, _, groups_text = spec.partition(":")
-    if not name or not all(c.isalnum() or c == "-" for c in name) or len(name) > 40:
-        raise SandboxError(f"VM name {name!r} must be 1-40 letters, digits or hyphens")
+    check_name("VM", name)
     groups = [g for g in groups_text.split(",") if g]
     unknown = sorted(set(groups) - set(ALL_GROUPS))
     if unknown:
@@ -168,45 +217,89 @@ def parse_vm_spec(spec: str) -> tuple[str, list[str]]:
     return name, groups
 
 
-# --- host checks ---------------------------------------------------------------------------
+def wanted_vms(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The VMs `up` must leave running: the --vm specs, else the --topology preset."""
+    if not args.vm:
+        return {name: list(groups) for name, groups in TOPOLOGIES[args.topology].items()}
+    wanted: dict[str, list[str]] = {}
+    for spec in args.vm:
+        name, groups = parse_vm_spec(spec)
+        if name in wanted:
+            raise SandboxError(f"VM {name} is given twice")
+        wanted[name] = groups
+    return wanted
+
+
+def inventory_path(args: argparse.Namespace) -> Path | None:
+    """Where `up` writes the inventory: --inventory, else the default cluster's file."""
+    if args.inventory == "-":
+        return None
+    if args.inventory:
+        return Path(args.inventory)
+    return DEFAULT_INVENTORY if args.cluster == DEFAULT_CLUSTER else None
+
+
+# --- host checks -----------------------------------------------------------------------
 
 
 def preflight() -> None:
-    if os.geteuid() != 0:
-        raise SandboxError("the sandbox boots systemd-nspawn VMs and needs root: run it with sudo")
+    """Root, the host packages (installed when missing) and the kernel features."""
+    require_root("the sandbox")
     missing = sorted({pkg for cmd, pkg in HOST_PACKAGES.items() if shutil.which(cmd) is None})
     if missing:
-        progress(f"installing host packages: {', '.join(missing)}")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-            proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-            if proc.returncode != 0:
-                raise SandboxError(
-                    f"could not install {', '.join(missing)} ({proc.stderr.strip()[-200:]}); "
-                    f"install them with apt-get and try again"
-                )
-    if "overlay" not in Path("/proc/filesystems").read_text():
-        run(["modprobe", "overlay"], check=False)
-        if "overlay" not in Path("/proc/filesystems").read_text():
-            raise SandboxError("the kernel has no overlayfs (modprobe overlay failed)")
-    if not Path("/sys/class/net").exists() or not Path("/proc/sys/net/ipv4/ip_forward").exists():
-        raise SandboxError("this kernel has no network namespaces/bridging the sandbox can use")
+        install_host_packages(missing)
+    if not kernel_has_overlayfs():
+        raise SandboxError("the kernel has no overlayfs (`modprobe overlay` failed): use a kernel")
+    for ns in ("mnt", "pid", "net", "uts", "ipc"):
+        if not Path(f"/proc/self/ns/{ns}").exists():
+            raise SandboxError(f"the kernel has no {ns} namespaces, which systemd-nspawn needs")
     for hierarchy in CGROUP_HIERARCHIES:
         if not Path(f"/sys/fs/cgroup/{hierarchy}").is_dir():
-            raise SandboxError(f"cgroup hierarchy /sys/fs/cgroup/{hierarchy} is missing")
+            raise SandboxError(
+                f"cgroup hierarchy /sys/fs/cgroup/{hierarchy} is missing: the sandbox expects "
+                "the cgroup v1 hybrid layout (systemd, unified and memory hierarchies)"
+            )
+
+
+def install_host_packages(packages: list[str]) -> None:
+    if shutil.which("apt-get") is None:
+        raise SandboxError(f"missing host packages {', '.join(packages)} and no apt-get")
+    progress(f"installing host packages: {', '.join(packages)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    # No service of these packages should start on its own (apt-cacher-ng would take the port).
+    policy = Path("/usr/sbin/policy-rc.d")
+    guard = not policy.exists()
+    if guard:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
+            proc = run(argv, check=False, timeout=900, env=env)
+            if proc.returncode != 0:
+                raise SandboxError(
+                    f"could not install {', '.join(packages)} ({proc.stderr.strip()[-200:]}): "
+                    f"install them with apt-get and try again"
+                )
+    finally:
+        if guard:
+            policy.unlink(missing_ok=True)
+
+
+def kernel_has_overlayfs() -> bool:
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        run(["modprobe", "overlay"], check=False)
+    return "overlay" in Path("/proc/filesystems").read_text()
 
 
 def ssh_key() -> Path:
     key = STATE_DIR / "ssh" / "id_ed25519"
     if not key.exists():
         key.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
-        run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "slipway-sandbox", "-f", str(key)]
-        )
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", RULE_TAG, "-f", str(key)])
     return key
 
 
-# --- base image ------------------------------------------------------------------------------
+# --- base image ------------------------------------------------------------------------
 
 
 def base_recipe(pubkey: str) -> list[str]:
@@ -228,31 +321,38 @@ def base_recipe(pubkey: str) -> list[str]:
         "if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then"
         ' cp /usr/local/share/ca-certificates/*.crt "$1/usr/local/share/ca-certificates/"'
         ' && chroot "$1" update-ca-certificates >/dev/null; fi',
-        'rm -f "$1"/etc/ssh/ssh_host_*',
+        'rm -f "$1"/etc/ssh/ssh_host_*',  # every VM makes its own (prepare_vm)
     ]
+
+
+def mmdebstrap_argv(hooks: list[str], target: Path) -> list[str]:
+    argv = ["mmdebstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "--quiet"]
+    argv += [f"--customize-hook={hook}" for hook in hooks]
+    return [*argv, "bookworm", str(target), "http://deb.debian.org/debian"]
+
+
+def recipe_digest(hooks: list[str], extra_cas: list[str]) -> str:
+    """What the base is built from: the mmdebstrap command and the host's extra CAs."""
+    recipe = [*mmdebstrap_argv(hooks, Path("TARGET")), *extra_cas]
+    return hashlib.sha256("\n".join(recipe).encode()).hexdigest()
 
 
 def ensure_base(pubkey: str) -> float:
     """Build the base root filesystem when missing or its recipe changed; seconds spent."""
     hooks = base_recipe(pubkey)
-    extra_cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
-    digest = hashlib.sha256(
-        "\n".join([BASE_PACKAGES, *hooks, *(p.read_text() for p in extra_cas)]).encode()
-    ).hexdigest()
+    cas = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+    digest = recipe_digest(hooks, [p.read_text() for p in cas])
     base, stamp = STATE_DIR / "base", STATE_DIR / "base.recipe"
     if base.is_dir() and stamp.exists() and stamp.read_text() == digest:
         return 0.0
-    if any(STATE_DIR.glob("vms/*/root")) and base.is_dir():
-        progress("base recipe changed, but VMs still use the old base: keeping it")
+    if base.is_dir() and any(STATE_DIR.glob("vms/*/root")):
+        progress("base recipe changed, but VMs still run on the old base: keeping it until down")
         return 0.0
     started = time.monotonic()
     progress("building the Debian 12 base image with mmdebstrap (once; ~40 s)")
     tmp = STATE_DIR / "base.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    argv = ["mmdebstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "--quiet"]
-    argv += [f"--customize-hook={hook}" for hook in hooks]
-    argv += ["bookworm", str(tmp), "http://deb.debian.org/debian"]
-    run(argv, timeout=1200)
+    run(mmdebstrap_argv(hooks, tmp), timeout=1200)
     shutil.rmtree(base, ignore_errors=True)
     tmp.rename(base)
     stamp.write_text(digest)
@@ -261,104 +361,107 @@ def ensure_base(pubkey: str) -> float:
     return spent
 
 
-# --- network and apt proxy -----------------------------------------------------------------
+# --- network and apt proxy -------------------------------------------------------------
 
 
-def iptables_rules() -> list[tuple[str, list[str]]]:
-    """(table, rule) pairs: NAT and forwarding only to the Debian mirror on 80/443."""
-    mirrors: set[str] = set()
+def mirror_addresses() -> dict[str, list[str]]:
+    """The IPv4 addresses each Debian mirror name resolves to here (empty if it does not)."""
+    found: dict[str, list[str]] = {}
     for name in MIRRORS:
         with contextlib.suppress(OSError):
-            mirrors.update(str(a[4][0]) for a in socket.getaddrinfo(name, 80, socket.AF_INET))
+            infos = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)
+            found[name] = sorted({str(info[4][0]) for info in infos})
+    return found
+
+
+def iptables_rules(mirror_ips: list[str]) -> list[tuple[str, list[str]]]:
+    """(table, rule) in order: VMs reach each other and the mirror on 80/443, nothing else."""
     tag = ["-m", "comment", "--comment", RULE_TAG]
-    rules: list[tuple[str, list[str]]] = [
-        (
-            "filter",
-            [
-                "FORWARD",
-                "-o",
-                BRIDGE,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-                *tag,
-            ],
-        ),
+    web = ["-p", "tcp", "-m", "multiport", "--dports", "80,443"]
+    established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
+    rules = [
+        ("filter", ["FORWARD", "-o", BRIDGE, *established, "-j", "ACCEPT", *tag]),
+        # VM to VM: bridged frames cross iptables too when br_netfilter is loaded.
+        ("filter", ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT", *tag]),
     ]
-    # VM to VM on the bridge (bridged frames cross iptables when br_netfilter is loaded).
-    rules.append(("filter", ["FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT", *tag]))
-    for ip in sorted(mirrors):
-        port_match = ["-p", "tcp", "-m", "multiport", "--dports", "80,443"]
-        rules.append(
-            ("filter", ["FORWARD", "-i", BRIDGE, "-d", ip, *port_match, "-j", "ACCEPT", *tag])
-        )
-        rules.append(
-            (
-                "nat",
-                [
-                    "POSTROUTING",
-                    "-s",
-                    str(NETWORK),
-                    "-d",
-                    ip,
-                    *port_match,
-                    "-j",
-                    "MASQUERADE",
-                    *tag,
-                ],
-            )
-        )
+    for ip in mirror_ips:
+        rules.append(("filter", ["FORWARD", "-i", BRIDGE, "-d", ip, *web, "-j", "ACCEPT", *tag]))
     rules.append(("filter", ["FORWARD", "-i", BRIDGE, "-j", "DROP", *tag]))
+    for ip in mirror_ips:
+        rules.append(
+            ("nat", ["POSTROUTING", "-s", str(NETWORK), "-d", ip, *web, "-j", "MASQUERADE", *tag])
+        )
     return rules
 
 
-def ensure_network() -> None:
+def ensure_network(mirror_ips: list[str]) -> None:
+    """The bridge with the host address, IP forwarding, and exactly our iptables rules."""
     if not Path(f"/sys/class/net/{BRIDGE}").exists():
         progress(f"creating bridge {BRIDGE} {HOST_ADDRESS}/{NETWORK.prefixlen}")
-        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        run(["modprobe", "bridge"], check=False)
+        if run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=False).returncode != 0:
+            raise SandboxError("cannot create a network bridge: the kernel lacks bridge support")
         run(["ip", "addr", "add", f"{HOST_ADDRESS}/{NETWORK.prefixlen}", "dev", BRIDGE])
     run(["ip", "link", "set", BRIDGE, "up"])
-    Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
-    wanted = iptables_rules()
-    present = [
+    forward, saved = Path("/proc/sys/net/ipv4/ip_forward"), STATE_DIR / "ip_forward.saved"
+    if not saved.exists():  # restored by the last `down`
+        saved.write_text(forward.read_text())
+    forward.write_text("1\n")
+    wanted = iptables_rules(mirror_ips)
+    present = all(
         run(["iptables", "-w", "-t", t, "-C", *r], check=False).returncode == 0 for t, r in wanted
-    ]
-    if not all(present) or len(tagged_rules()) != len(wanted):
-        remove_rules()  # order matters (the DROP is last): rewrite them all
-        for table, rule in wanted:
-            run(["iptables", "-w", "-t", table, "-A", *rule])
+    )
+    if present and len(tagged_rules()) == len(wanted):
+        return
+    progress(f"iptables: forwarding from {BRIDGE} only to {', '.join(mirror_ips) or 'nowhere'}")
+    remove_rules()  # order matters (the DROP comes last): write them all again
+    position = {"FORWARD": 0, "POSTROUTING": 0}
+    for table, (chain, *spec) in wanted:
+        position[chain] += 1  # at the top, ahead of any rule of the host's own
+        run(["iptables", "-w", "-t", table, "-I", chain, str(position[chain]), *spec])
 
 
-def tagged_rules() -> list[tuple[str, str]]:
-    """(table, rule spec) for every iptables rule the sandbox added."""
+def tagged_rules() -> list[tuple[str, list[str]]]:
+    """(table, `-A ...` words) for every iptables rule the sandbox added."""
     found = []
     for table in ("filter", "nat"):
         listing = run(["iptables", "-w", "-t", table, "-S"], check=False).stdout
-        found += [(table, line) for line in listing.splitlines() if RULE_TAG in line]
+        for line in listing.splitlines():
+            if f"--comment {RULE_TAG}" in line or f'--comment "{RULE_TAG}"' in line:
+                found.append((table, [word.strip('"') for word in line.split()]))
     return found
 
 
 def remove_rules() -> None:
-    for table, spec in tagged_rules():
-        argv = spec.split()
-        argv[0] = "-D"
-        run(["iptables", "-w", "-t", table, *[a.strip('"') for a in argv]], check=False)
+    for table, words in tagged_rules():
+        run(["iptables", "-w", "-t", table, "-D", *words[1:]], check=False)
 
 
 def remove_network() -> None:
     remove_rules()
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         run(["ip", "link", "del", BRIDGE], check=False)
+    saved = STATE_DIR / "ip_forward.saved"
+    if saved.exists():
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
+        saved.unlink()
+
+
+def acng_config(acng: Path) -> str:
+    """apt-cacher-ng settings laid over its stock ones: own cache, port and address."""
+    return (
+        f"CacheDir: {acng / 'cache'}\nLogDir: {acng / 'log'}\nPort: {APT_PROXY_PORT}\n"
+        f"BindAddress: {HOST_ADDRESS}\nForeGround: 1\nSocketPath: {acng / 'socket'}\n"
+        f"PidFile: {acng / 'acng.pid'}\n"
+    )
 
 
 def apt_proxy_pid() -> int:
+    """PID of our apt-cacher-ng (checked by its command line), 0 when it is not running."""
     pidfile = STATE_DIR / "acng" / "pid"
     with contextlib.suppress(OSError, ValueError):
         pid = int(pidfile.read_text().strip())
-        if process_alive(pid):
+        if process_alive(pid) and str(STATE_DIR / "acng" / "conf") in cmdline(pid):
             return pid
     return 0
 
@@ -367,22 +470,23 @@ def ensure_apt_proxy() -> None:
     if apt_proxy_pid():
         return
     acng = STATE_DIR / "acng"
+    if port_open(HOST_ADDRESS, APT_PROXY_PORT):
+        raise SandboxError(
+            f"port {APT_PROXY_PORT} on {HOST_ADDRESS} is taken by a process the sandbox did not "
+            "start (a stock apt-cacher-ng service?): stop it and run up again"
+        )
     conf = acng / "conf"
     shutil.rmtree(conf, ignore_errors=True)
     shutil.copytree("/etc/apt-cacher-ng", conf)
     for sub in ("cache", "log"):
         (acng / sub).mkdir(parents=True, exist_ok=True)
-    shutil.chown(acng / "cache", "apt-cacher-ng", "apt-cacher-ng")
-    shutil.chown(acng / "log", "apt-cacher-ng", "apt-cacher-ng")
     (conf / "backends_debian").write_text("http://deb.debian.org/debian/\n")
-    (conf / "zz_slipway.conf").write_text(
-        f"CacheDir: {acng / 'cache'}\nLogDir: {acng / 'log'}\nPort: {APT_PROXY_PORT}\n"
-        f"BindAddress: {HOST_ADDRESS}\nForeGround: 1\nSocketPath: {acng / 'socket'}\n"
-    )
+    (conf / "zz_slipway.conf").write_text(acng_config(acng))
     progress(f"starting apt-cacher-ng on {HOST_ADDRESS}:{APT_PROXY_PORT}")
     with (acng / "log" / "stdout.log").open("a") as out:
         proc = subprocess.Popen(
             ["/usr/sbin/apt-cacher-ng", "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -394,11 +498,12 @@ def ensure_apt_proxy() -> None:
 def stop_apt_proxy() -> None:
     pid = apt_proxy_pid()
     if pid:
+        progress(f"stopping apt-cacher-ng (pid {pid})")
         stop_process(pid, 5)
     (STATE_DIR / "acng" / "pid").unlink(missing_ok=True)
 
 
-# --- processes -------------------------------------------------------------------------------
+# --- processes -------------------------------------------------------------------------
 
 
 def process_alive(pid: int) -> bool:
@@ -410,231 +515,37 @@ def process_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def cmdline(pid: int) -> list[str]:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    return []
+
+
+def nspawn_alive(vm: Vm) -> bool:
+    """The VM's nspawn process runs (not a zombie, and not a PID reused by something else)."""
+    return bool(vm.pid) and process_alive(vm.pid) and f"--machine={vm.name}" in cmdline(vm.pid)
+
+
 def stop_process(pid: int, timeout: float) -> None:
+    """SIGTERM, wait (bounded; a zombie counts as stopped), then SIGKILL."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while process_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with contextlib.suppress(SandboxError):
+        wait_for(lambda: not process_alive(pid), timeout, f"pid {pid} to stop")
     if process_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
+        with contextlib.suppress(SandboxError):
+            wait_for(lambda: not process_alive(pid), 2, f"pid {pid} to die")
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
-
-
-def port_open(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-        return True
-    return False
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise SandboxError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def vm_leader(vm: Vm) -> int:
-    """PID of the VM's systemd (the nspawn process's child), 0 when it is not running."""
-    if not vm.pid or not process_alive(vm.pid):
-        return 0
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{vm.pid}/task").iterdir():
-            children = (task / "children").read_text().split()
-            if children:
-                return int(children[0])
-    return 0
-
-
-def vm_state(vm: Vm) -> str:
-    """`running`, `degraded`, `starting`, ... as the VM's systemd says, or `down`."""
-    leader = vm_leader(vm)
-    if not leader:
-        return "down"
-    proc = run(
-        [
-            "nsenter",
-            "-t",
-            str(leader),
-            "-m",
-            "-u",
-            "-i",
-            "-n",
-            "-p",
-            "systemctl",
-            "is-system-running",
-        ],
-        check=False,
-        timeout=10,
-    )
-    return proc.stdout.strip() or "starting"
-
-
-# --- VMs -------------------------------------------------------------------------------------
-
-
-def prepare_vm(vm: Vm) -> None:
-    """Mount the VM's overlay and write its identity (first boot only for keys)."""
-    for sub in ("upper", "work", "root"):
-        (vm.dir / sub).mkdir(parents=True, exist_ok=True)
-    if not os.path.ismount(vm.root):
-        run(
-            [
-                "mount",
-                "-t",
-                "overlay",
-                "overlay",
-                "-o",
-                f"lowerdir={STATE_DIR / 'base'},upperdir={vm.dir / 'upper'},"
-                f"workdir={vm.dir / 'work'}",
-                str(vm.root),
-            ]
-        )
-    (vm.root / "etc" / "hostname").write_text(f"{vm.name}\n")
-    network = vm.root / "etc" / "systemd" / "network"
-    network.mkdir(parents=True, exist_ok=True)
-    (network / "10-host0.network").write_text(
-        f"[Match]\nName=host0\n\n[Network]\nAddress={vm.address}/{NETWORK.prefixlen}\n"
-        f"Gateway={HOST_ADDRESS}\n"
-    )
-    hosts = ["127.0.0.1 localhost", f"127.0.1.1 {vm.name}", "::1 localhost ip6-localhost"]
-    for name in MIRRORS:
-        with contextlib.suppress(OSError):
-            hosts.append(f"{socket.gethostbyname(name)} {name}")
-    (vm.root / "etc" / "hosts").write_text("\n".join(hosts) + "\n")
-    if not list((vm.root / "etc" / "ssh").glob("ssh_host_*_key")):
-        run(["chroot", str(vm.root), "ssh-keygen", "-A"])
-
-
-def cgroup_dirs(vm: Vm) -> list[Path]:
-    return [Path(f"/sys/fs/cgroup/{h}/slipway-sandbox/{vm.name}") for h in CGROUP_HIERARCHIES]
-
-
-def boot_vm(vm: Vm) -> None:
-    dirs = cgroup_dirs(vm)
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-
-    def enter_cgroups() -> None:  # runs in the child, before exec
-        os.setsid()
-        for d in dirs:
-            (d / "cgroup.procs").write_text(str(os.getpid()))
-
-    console = (vm.dir / "console.log").open("ab")
-    proc = subprocess.Popen(
-        [
-            "systemd-nspawn",
-            "-q",
-            "-D",
-            str(vm.root),
-            "--boot",
-            f"--machine={vm.name}",
-            "--register=no",
-            "--keep-unit",
-            f"--network-bridge={BRIDGE}",
-            "--console=passive",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=console,
-        stderr=subprocess.STDOUT,
-        preexec_fn=enter_cgroups,
-    )
-    vm.pid = proc.pid
-
-
-def wait_booted(vm: Vm, key: Path) -> None:
-    deadline = time.monotonic() + BOOT_TIMEOUT_S
-    state = "down"
-    while time.monotonic() < deadline:
-        if not process_alive(vm.pid):
-            tail = (vm.dir / "console.log").read_text(errors="replace")[-400:]
-            raise SandboxError(f"VM {vm.name} exited during boot: {tail}")
-        state = vm_state(vm)
-        if state in ("running", "degraded"):
-            break
-        time.sleep(0.2)
-    if state == "degraded":
-        leader = vm_leader(vm)
-        failed = run(
-            [
-                "nsenter",
-                "-t",
-                str(leader),
-                "-m",
-                "-u",
-                "-i",
-                "-n",
-                "-p",
-                "systemctl",
-                "--failed",
-                "--no-legend",
-                "--plain",
-            ],
-            check=False,
-        ).stdout.strip()
-        raise SandboxError(f"VM {vm.name} booted degraded; failed units: {failed}")
-    if state != "running":
-        raise SandboxError(
-            f"VM {vm.name} did not finish booting in {BOOT_TIMEOUT_S:.0f} s ({state})"
-        )
-    wait_for(lambda: ssh(vm, key, ["true"], check=False).returncode == 0, 20, f"SSH on {vm.name}")
-
-
-def ssh_argv(vm: Vm, key: Path) -> list[str]:
-    return [
-        "ssh",
-        "-q",
-        "-i",
-        str(key),
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "ConnectTimeout=2",
-        "-o",
-        "BatchMode=yes",
-        f"root@{vm.address}",
-    ]
-
-
-def ssh(
-    vm: Vm, key: Path, command: list[str], check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    return run([*ssh_argv(vm, key), *command], check=check, timeout=60)
-
-
-def halt_vm(vm: Vm) -> None:
-    """Stop the VM (clean halt on SIGTERM) and unmount its overlay; its disk stays.
-
-    A VM whose nspawn process died (crashed, or killed) leaves its systemd and
-    services running orphaned: they are all in the VM's cgroup, so they are
-    killed from there, and the host end of its veth pair is removed.
-    """
-    if vm.pid:
-        stop_process(vm.pid, STOP_TIMEOUT_S)
-    vm.pid = 0
-    kill_cgroup(cgroup_dirs(vm)[0])
-    veth = f"vb-{vm.name}"[:15]
-    if Path(f"/sys/class/net/{veth}").exists():
-        run(["ip", "link", "del", veth], check=False)
-    if os.path.ismount(vm.root) and run(["umount", str(vm.root)], check=False).returncode != 0:
-        run(["umount", "-l", str(vm.root)], check=False)
-    shutil.rmtree(f"/run/systemd/nspawn/propagate/{vm.name}", ignore_errors=True)
-    for d in cgroup_dirs(vm):
-        remove_cgroup(d)
 
 
 def cgroup_pids(path: Path) -> list[int]:
     pids: list[int] = []
     if path.is_dir():
         for procs in path.rglob("cgroup.procs"):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 pids += [int(p) for p in procs.read_text().split()]
     return pids
 
@@ -662,50 +573,206 @@ def remove_cgroup(path: Path) -> None:
         path.rmdir()
 
 
-def destroy_vm(vm: Vm) -> None:
-    halt_vm(vm)
-    shutil.rmtree(vm.dir, ignore_errors=True)
+# --- VMs -------------------------------------------------------------------------------
 
 
-# --- commands --------------------------------------------------------------------------------
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    preflight()
-    key = ssh_key()
-    wanted = dict(parse_vm_spec(s) for s in args.vm) if args.vm else TOPOLOGIES[args.topology]
-    base_s = ensure_base((key.with_suffix(".pub")).read_text().strip())
-    ensure_network()
-    ensure_apt_proxy()
-    with locked() as state:
-        for name, groups in wanted.items():
-            vm = state.vms.get(name)
-            if vm and vm.cluster != args.cluster:
-                raise SandboxError(f"VM {name} already belongs to cluster {vm.cluster}")
-            if vm is None:
-                taken = {v.address for v in state.vms.values()}
-                vm = state.vms[name] = Vm(name, args.cluster, allocate_address(taken), groups)
-            vm.groups = groups
-            if vm_leader(vm):
-                progress(f"{name}: already running at {vm.address}")
-                continue
-            halt_vm(vm)  # a crashed VM: clear what it left, keep its disk
-            progress(f"{name}: booting at {vm.address} ({','.join(groups) or 'no group'})")
-            prepare_vm(vm)
-            boot_vm(vm)
-        vms = [state.vms[n] for n in wanted]
-    for vm in vms:
-        wait_booted(vm, key)
-        progress(f"{vm.name}: running, SSH up")
-    if args.inventory != "-":
-        path = Path(args.inventory) if args.inventory else REPO / "inventories/sandbox/hosts.yml"
-        path.write_text(render_inventory(vms, key))
-        progress(f"wrote {path}")
-    report(vms, key, args.json, extra={"base_build_s": round(base_s, 1)})
+def vm_leader(vm: Vm) -> int:
+    """PID of the VM's systemd (the nspawn process's child), 0 when there is none."""
+    if not nspawn_alive(vm):
+        return 0
+    with contextlib.suppress(OSError, ValueError):
+        for task in Path(f"/proc/{vm.pid}/task").iterdir():
+            children = (task / "children").read_text().split()
+            if children:
+                return int(children[0])
     return 0
 
 
+def in_vm(vm: Vm, command: list[str], timeout: float = 10) -> str:
+    """A command's stdout, run in the VM's namespaces through its systemd ('' if not up)."""
+    leader = vm_leader(vm)
+    if not leader:
+        return ""
+    argv = ["nsenter", "-t", str(leader), "-m", "-u", "-i", "-n", "-p", *command]
+    with contextlib.suppress(SandboxError):
+        return run(argv, check=False, timeout=timeout).stdout.strip()
+    return ""
+
+
+def vm_state(vm: Vm) -> str:
+    """`running`, `degraded`, `starting`, ... as the VM's systemd says, or `down`."""
+    if not nspawn_alive(vm):
+        return "down"
+    return in_vm(vm, ["systemctl", "is-system-running"]) or "starting"
+
+
+def prepare_vm(vm: Vm, mirrors: dict[str, list[str]]) -> None:
+    """Mount the VM's overlay and write its identity (host keys on first boot only)."""
+    for sub in ("upper", "work", "root"):
+        (vm.dir / sub).mkdir(parents=True, exist_ok=True)
+    if not os.path.ismount(vm.root):
+        layers = f"lowerdir={STATE_DIR / 'base'},upperdir={vm.dir}/upper,workdir={vm.dir}/work"
+        run(["mount", "-t", "overlay", "overlay", "-o", layers, str(vm.root)])
+    (vm.root / "etc" / "hostname").write_text(f"{vm.name}\n")
+    network = vm.root / "etc" / "systemd" / "network"
+    network.mkdir(parents=True, exist_ok=True)
+    (network / "10-host0.network").write_text(
+        f"[Match]\nName=host0\n\n[Network]\nAddress={vm.address}/{NETWORK.prefixlen}\n"
+        f"Gateway={HOST_ADDRESS}\n"
+    )
+    (vm.root / "etc" / "hosts").write_text(render_hosts(vm.name, mirrors))
+
+
+def make_host_keys(vms: list[Vm]) -> None:
+    """SSH host keys of its own for each VM booting for the first time.
+
+    The base has none (clones would share them). Ed25519 and ECDSA take
+    milliseconds; RSA 3072 takes ~0.7 s of CPU per VM and is left out: sshd
+    quietly skips a default host key that does not exist.
+    """
+    for vm in vms:
+        for kind in ("ed25519", "ecdsa"):
+            path = vm.root / "etc" / "ssh" / f"ssh_host_{kind}_key"
+            if not path.exists():
+                run(
+                    [
+                        "ssh-keygen",
+                        "-q",
+                        "-t",
+                        kind,
+                        "-N",
+                        "",
+                        "-C",
+                        f"root@{vm.name}",
+                        "-f",
+                        str(path),
+                    ]
+                )
+
+
+def render_hosts(name: str, mirrors: dict[str, list[str]]) -> str:
+    """/etc/hosts for a VM: there is no DNS inside, so the mirrors are named here."""
+    lines = ["127.0.0.1 localhost", f"127.0.1.1 {name}", "::1 localhost ip6-localhost"]
+    lines += [f"{ips[0]} {mirror}" for mirror, ips in sorted(mirrors.items()) if ips]
+    return "\n".join(lines) + "\n"
+
+
+def boot_vm(vm: Vm) -> None:
+    """Start the VM's nspawn in a session and cgroups of its own (it outlives this process)."""
+    for d in vm.cgroups:
+        d.mkdir(parents=True, exist_ok=True)
+
+    def enter_cgroups() -> None:  # in the child, before exec
+        for d in vm.cgroups:
+            (d / "cgroup.procs").write_text(str(os.getpid()))
+
+    argv = ["systemd-nspawn", "-q", "-D", str(vm.root), "--boot", f"--machine={vm.name}"]
+    argv += ["--register=no", "--keep-unit", f"--network-bridge={BRIDGE}", "--console=passive"]
+    with (vm.dir / "console.log").open("ab") as console:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=enter_cgroups,  # this process has no other threads
+        )
+    vm.pid = proc.pid
+
+
+def boot_problem(vm: Vm) -> str | None:
+    """None while the VM is still booting, '' once running, else what went wrong."""
+    if not nspawn_alive(vm):
+        tail = (vm.dir / "console.log").read_text(errors="replace").strip()[-400:]
+        return f"{vm.name} exited during boot: {tail}"
+    state = vm_state(vm)
+    if state == "running":
+        return ""
+    if state == "degraded":
+        failed = in_vm(vm, ["systemctl", "--failed", "--no-legend", "--plain"]).splitlines()
+        units = ", ".join(line.split()[0] for line in failed if line.split()) or "?"
+        return f"{vm.name} booted degraded (failed units: {units})"
+    return None
+
+
+def wait_ready(vms: list[Vm], key: Path) -> None:
+    """Wait (bounded) until every VM's systemd says `running` and SSH answers."""
+    problems: list[str] = []
+    pending = list(vms)
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    while pending and time.monotonic() < deadline:
+        for vm in list(pending):
+            problem = boot_problem(vm)
+            if problem is None:
+                continue
+            pending.remove(vm)
+            if problem:
+                problems.append(problem)
+                continue
+            try:
+                wait_for(functools.partial(ssh_ok, vm, key), SSH_TIMEOUT_S, f"SSH on {vm.name}")
+                progress(f"{vm.name}: running, SSH up")
+            except SandboxError as exc:
+                problems.append(str(exc))
+        time.sleep(0.2 if pending else 0)
+    problems += [
+        f"{vm.name} did not finish booting in {BOOT_TIMEOUT_S:.0f} s ({vm_state(vm)})"
+        for vm in pending
+    ]
+    if problems:
+        raise SandboxError("; ".join(problems) + ": see `status`, `ssh` or console.log")
+
+
+def halt_vm(vm: Vm) -> None:
+    """Stop the VM (a clean halt on SIGTERM) and unmount its overlay; its disk stays.
+
+    A VM whose nspawn process died (crashed, or killed) leaves its systemd and
+    services running orphaned: they are all in the VM's cgroup, so they are
+    killed from there (which also takes its network namespace and veth away).
+    """
+    if nspawn_alive(vm):
+        stop_process(vm.pid, STOP_TIMEOUT_S)
+    vm.pid = 0
+    kill_cgroup(vm.cgroups[0])
+    veth = f"vb-{vm.name}"
+    if len(veth) <= 15 and Path(f"/sys/class/net/{veth}").exists():
+        run(["ip", "link", "del", veth], check=False)
+    if os.path.ismount(vm.root) and run(["umount", str(vm.root)], check=False).returncode != 0:
+        run(["umount", "-l", str(vm.root)], check=False)
+    shutil.rmtree(f"/run/systemd/nspawn/propagate/{vm.name}", ignore_errors=True)
+    for d in vm.cgroups:
+        remove_cgroup(d)
+
+
+def destroy_vms(vms: list[Vm]) -> None:
+    """Halt VMs (all signalled at once, so they stop in parallel) and remove their disks."""
+    running = [vm for vm in vms if nspawn_alive(vm)]
+    for vm in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(vm.pid, signal.SIGTERM)
+    with contextlib.suppress(SandboxError):
+        wait_for(lambda: not any(map(nspawn_alive, running)), STOP_TIMEOUT_S, "VMs to halt")
+    for vm in vms:
+        progress(f"{vm.name}: halted; removing")
+        halt_vm(vm)  # SIGKILL for any that did not halt; cgroups, overlay
+        shutil.rmtree(vm.dir, ignore_errors=True)
+
+
+def ssh_argv(vm: Vm, key: Path) -> list[str]:
+    options = ["StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "ConnectTimeout=2"]
+    options += ["BatchMode=yes", "LogLevel=ERROR"]
+    return ["ssh", "-i", str(key), *(f"-o{o}" for o in options), f"root@{vm.address}"]
+
+
+def ssh_ok(vm: Vm, key: Path) -> bool:
+    return run([*ssh_argv(vm, key), "true"], check=False, timeout=10).returncode == 0
+
+
+# --- output ----------------------------------------------------------------------------
+
+
 def render_inventory(vms: list[Vm], key: Path) -> str:
+    """The Ansible inventory of a cluster: every group listed, empty ones too."""
     lines = [
         "---",
         "# Written by tools/sandbox.py up; do not edit (it is rewritten on every up).",
@@ -730,41 +797,97 @@ def render_inventory(vms: list[Vm], key: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(vms: list[Vm], key: Path, as_json: bool, extra: dict[str, object] | None = None) -> None:
-    rows = [
-        {
-            "name": vm.name,
-            "instance": vm.name,
-            "cluster": vm.cluster,
-            "address": vm.address,
-            "groups": vm.groups,
-            "state": vm_state(vm),
-            "user": "root",
-            "port": 22,
-            "identity_file": str(key),
-        }
-        for vm in vms
-    ]
+def vm_row(vm: Vm, key: Path, state: str) -> dict[str, object]:
+    """One VM as `--json` prints it (the keys Molecule's instance config needs included)."""
+    return {
+        "name": vm.name,
+        "instance": vm.name,
+        "cluster": vm.cluster,
+        "address": vm.address,
+        "groups": vm.groups,
+        "state": state,
+        "user": "root",
+        "port": 22,
+        "identity_file": str(key),
+    }
+
+
+def report(vms: list[Vm], as_json: bool, extra: dict[str, object] | None = None) -> None:
+    key = STATE_DIR / "ssh" / "id_ed25519"
+    states = {vm.name: vm_state(vm) for vm in vms}
     if as_json:
+        rows = [vm_row(vm, key, states[vm.name]) for vm in vms]
         print(json.dumps({"vms": rows, **(extra or {})}, indent=2))
         return
-    print(f"{'VM':<20} {'CLUSTER':<18} {'ADDRESS':<14} {'STATE':<10} GROUPS")
-    for r in rows:
-        groups = ",".join(r["groups"])  # type: ignore[arg-type]
-        print(f"{r['name']:<20} {r['cluster']:<18} {r['address']:<14} {r['state']:<10} {groups}")
-    if not rows:
+    print(f"{'VM':<20} {'CLUSTER':<20} {'ADDRESS':<14} {'STATE':<10} GROUPS")
+    for vm in vms:
+        groups = ",".join(vm.groups) or "-"
+        print(f"{vm.name:<20} {vm.cluster:<20} {vm.address:<14} {states[vm.name]:<10} {groups}")
+    if not vms:
         print("(no VMs)")
 
 
+# --- commands --------------------------------------------------------------------------
+
+
+def claim(state: State, name: str, cluster: str, groups: list[str]) -> Vm:
+    """The state's entry for a VM of this cluster, with an address of its own."""
+    vm = state.vms.get(name)
+    if vm and vm.cluster != cluster:
+        raise SandboxError(f"VM {name} belongs to cluster {vm.cluster}: pick another name")
+    if vm is None:
+        taken = {v.address for v in state.vms.values()}
+        vm = state.vms[name] = Vm(name, cluster, allocate_address(taken))
+    vm.groups = groups
+    return vm
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    preflight()
+    wanted = wanted_vms(args)
+    key = ssh_key()
+    booted: list[Vm] = []
+    with locked() as state:
+        base_s = ensure_base(key.with_suffix(".pub").read_text().strip())
+        mirrors = mirror_addresses()
+        ensure_network(sorted({ip for ips in mirrors.values() for ip in ips}))
+        ensure_apt_proxy()
+        extra = [vm for vm in state.cluster(args.cluster) if vm.name not in wanted]
+        if extra:
+            progress(f"{args.cluster}: removing VMs no longer asked for")
+            destroy_vms(extra)
+            for vm in extra:
+                del state.vms[vm.name]
+        vms = [claim(state, name, args.cluster, groups) for name, groups in wanted.items()]
+        for vm in vms:
+            if nspawn_alive(vm):
+                progress(f"{vm.name}: already up at {vm.address}")
+                continue
+            halt_vm(vm)  # a crashed VM: clear what it left, keep its disk
+            prepare_vm(vm, mirrors)
+            booted.append(vm)
+        make_host_keys(booted)
+        for vm in booted:
+            progress(f"{vm.name}: booting at {vm.address} ({','.join(vm.groups) or 'no group'})")
+            boot_vm(vm)
+    wait_ready(vms, key)
+    path = inventory_path(args)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_inventory(vms, key))
+        progress(f"wrote {path}")
+    facts = {"booted": [vm.name for vm in booted], "base_build_s": round(base_s, 1)}
+    report(vms, args.json, extra=facts)
+    return 0
+
+
 def selected(state: State, args: argparse.Namespace) -> list[Vm]:
-    if args.all:
-        return list(state.vms.values())
-    return state.cluster(args.cluster)
+    return list(state.vms.values()) if args.all else state.cluster(args.cluster)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    state = State.load()
-    report(selected(state, args), STATE_DIR / "ssh" / "id_ed25519", args.json)
+    require_root("status (it asks each VM's systemd through nsenter)")
+    report(selected(State.load(), args), args.json)
     return 0
 
 
@@ -774,39 +897,58 @@ def cmd_restart(args: argparse.Namespace) -> int:
     with locked() as state:
         vm = state.vms.get(args.name)
         if vm is None or vm.cluster != args.cluster:
-            raise SandboxError(f"no VM {args.name} in cluster {args.cluster}")
+            raise SandboxError(f"no VM {args.name} in cluster {args.cluster}: see `status --all`")
         progress(f"{vm.name}: halting")
         halt_vm(vm)
         progress(f"{vm.name}: booting again on the same disk")
-        prepare_vm(vm)
+        prepare_vm(vm, mirror_addresses())
+        make_host_keys([vm])
         boot_vm(vm)
-    wait_booted(vm, key)
-    report([vm], key, args.json)
+    wait_ready([vm], key)
+    report([vm], args.json)
     return 0
 
 
+def teardown_shared(purge: bool) -> None:
+    """With no VM left: the bridge, the iptables rules, the apt proxy, the cgroup parents."""
+    progress("no VM left: removing bridge, iptables rules and apt proxy")
+    stop_apt_proxy()
+    remove_network()
+    for hierarchy in CGROUP_HIERARCHIES:
+        remove_cgroup(Path(f"/sys/fs/cgroup/{hierarchy}/{RULE_TAG}"))
+    for root in STATE_DIR.glob("vms/*/root"):  # a VM the state lost track of
+        if os.path.ismount(root):
+            run(["umount", "-l", str(root)], check=False)
+    shutil.rmtree(STATE_DIR / "vms", ignore_errors=True)
+    if purge:
+        progress(f"purging the base image, the package cache and the SSH key from {STATE_DIR}")
+        for name in ("base", "base.tmp", "acng", "ssh", "vms"):
+            shutil.rmtree(STATE_DIR / name, ignore_errors=True)
+        for name in ("base.recipe", "ip_forward.saved"):
+            (STATE_DIR / name).unlink(missing_ok=True)
+
+
 def cmd_down(args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        raise SandboxError("`down` needs root, as `up` did: run it with sudo")
+    require_root("down")
+    removed: list[str] = []
     with locked() as state:
-        for vm in selected(state, args):
-            progress(f"{vm.name}: stopping and removing")
-            destroy_vm(vm)
+        vms = selected(state, args)
+        progress(f"stopping {', '.join(vm.name for vm in vms) or 'no VM'}")
+        destroy_vms(vms)
+        for vm in vms:
             del state.vms[vm.name]
-        last = not state.vms
-    if last:
-        progress("no VM left: removing bridge, NAT rules and apt proxy")
-        stop_apt_proxy()
-        remove_network()
-        for hierarchy in CGROUP_HIERARCHIES:
-            remove_cgroup(Path(f"/sys/fs/cgroup/{hierarchy}/slipway-sandbox"))
-        if args.cluster == DEFAULT_CLUSTER or args.all:
-            (REPO / "inventories/sandbox/hosts.yml").unlink(missing_ok=True)
-        if args.purge:
-            progress(f"purging {STATE_DIR}")
-            shutil.rmtree(STATE_DIR, ignore_errors=True)
-    elif args.purge:
-        progress("other clusters are still up: nothing purged")
+            removed.append(vm.name)
+        left = len(state.vms)
+        if not left:
+            teardown_shared(args.purge)
+        elif args.purge:
+            progress(f"{left} VM(s) of other clusters still up: nothing purged")
+    if (args.all or args.cluster == DEFAULT_CLUSTER) and DEFAULT_INVENTORY.exists():
+        DEFAULT_INVENTORY.unlink()
+    if args.json:
+        print(json.dumps({"removed": removed, "vms_left": left}, indent=2))
+    else:
+        print(f"removed {len(removed)} VM(s): {', '.join(removed) or '-'}; {left} left")
     return 0
 
 
@@ -815,35 +957,40 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     if vm is None:
         raise SandboxError(f"no VM named {args.name}: see `tools/sandbox.py status --all`")
     argv = ssh_argv(vm, STATE_DIR / "ssh" / "id_ed25519")
-    os.execvp("ssh", [*argv, "-t", *args.command] if not args.command else [*argv, *args.command])
+    os.execvp("ssh", [*argv, *args.command])
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sandbox.py", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(
+        prog="sandbox.py",
+        description="Local Debian 12 VMs (systemd-nspawn) in named clusters.",
+        epilog=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def cluster_args(sp: argparse.ArgumentParser, allow_all: bool = True) -> None:
+    def common(sp: argparse.ArgumentParser, allow_all: bool = True) -> None:
         sp.add_argument("--cluster", default=DEFAULT_CLUSTER, help="cluster name (default sandbox)")
         if allow_all:
             sp.add_argument("--all", action="store_true", help="every cluster")
-        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
-    up = sub.add_parser("up", help="create or start VMs (idempotent)")
-    cluster_args(up, allow_all=False)
+    up = sub.add_parser("up", help="create or start a cluster's VMs (idempotent)")
+    common(up, allow_all=False)
     up.add_argument("--topology", choices=sorted(TOPOLOGIES), default="allinone")
     up.add_argument("--vm", action="append", metavar="NAME:GROUPS", help="instead of --topology")
-    up.add_argument("--inventory", help="where to write the inventory ('-' for nowhere)")
+    up.add_argument("--inventory", help="inventory to write ('-': none; default: the sandbox's)")
     up.set_defaults(func=cmd_up)
     st = sub.add_parser("status", help="list VMs and their state")
-    cluster_args(st)
+    common(st)
     st.set_defaults(func=cmd_status)
     rs = sub.add_parser("restart", help="halt a VM and boot it again on the same disk")
-    cluster_args(rs, allow_all=False)
+    common(rs, allow_all=False)
     rs.add_argument("name")
     rs.set_defaults(func=cmd_restart)
     dn = sub.add_parser("down", help="stop and remove VMs, leaving nothing behind")
-    cluster_args(dn)
+    common(dn)
     dn.add_argument("--purge", action="store_true", help="also remove the base image and caches")
     dn.set_defaults(func=cmd_down)
     sh = sub.add_parser("ssh", help="SSH into a VM as root")
@@ -856,6 +1003,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if hasattr(args, "cluster"):
+            check_name("cluster", args.cluster)
         return int(args.func(args))
     except SandboxError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
