@@ -103,7 +103,7 @@ def main() -> int:
     (inventory / "host_vars" / f"{VM}.yml").write_text(
         f"---\nslipway_domains: [{DOMAIN}]\n"
         "# Gunicorn also on TCP so that the bench can reach it without nginx.\n"
-        "app_bind_tcp: true\n"
+        "app_web_listen_tcp: true\n"
         "# Let the load through: the per-IP limit would turn most of it into 429s.\n"
         "nginx_rate_limit: false\n"
     )
