@@ -32,6 +32,7 @@ import fcntl
 import functools
 import hashlib
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -48,13 +49,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("SLIPWAY_SANDBOX_DIR", "/var/lib/slipway-sandbox"))
 DEFAULT_INVENTORY = REPO / "inventories" / "sandbox" / "hosts.yml"
-BRIDGE = "slipbr0"
-NETWORK = ipaddress.ip_network("10.231.0.0/24")
-HOST_ADDRESS = "10.231.0.1"
+# A second, independent sandbox on the same machine needs its own state dir, bridge and subnet.
+BRIDGE = os.environ.get("SLIPWAY_SANDBOX_BRIDGE", "slipbr0")
+NETWORK = ipaddress.ip_network(os.environ.get("SLIPWAY_SANDBOX_NETWORK", "10.231.0.0/24"))
+HOST_ADDRESS = str(next(NETWORK.hosts()))  # the bridge's address, .1
 FIRST_VM_HOST = 10  # VMs get .10, .11, ...
 APT_PROXY_PORT = 3142
 MIRRORS = ("deb.debian.org", "security.debian.org")
-RULE_TAG = "slipway-sandbox"  # iptables comment and cgroup directory name
+# iptables comment and cgroup directory name
+RULE_TAG = "slipway-sandbox" if BRIDGE == "slipbr0" else f"slipway-sandbox-{BRIDGE}"
 CGROUP_HIERARCHIES = ("systemd", "unified", "memory")
 HOST_PACKAGES = {  # command -> Debian package
     "systemd-nspawn": "systemd-container",
@@ -105,6 +108,8 @@ def run(
         )
     except subprocess.TimeoutExpired as exc:
         raise SandboxError(f"`{' '.join(argv)}` did not finish in {timeout:.0f} s") from exc
+    except FileNotFoundError as exc:
+        raise SandboxError(f"`{argv[0]}` is not installed on this machine") from exc
     if check and proc.returncode != 0:
         detail = " ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
         raise SandboxError(f"`{' '.join(argv)}` failed (exit {proc.returncode}): {detail}")
@@ -287,8 +292,14 @@ def install_host_packages(packages: list[str]) -> None:
 
 def kernel_has_overlayfs() -> bool:
     if "overlay" not in Path("/proc/filesystems").read_text():
-        run(["modprobe", "overlay"], check=False)
+        modprobe("overlay")
     return "overlay" in Path("/proc/filesystems").read_text()
+
+
+def modprobe(module: str) -> None:
+    """Load a kernel module if this machine can (it may be built in, or kmod absent)."""
+    if shutil.which("modprobe"):
+        run(["modprobe", module], check=False)
 
 
 def ssh_key() -> Path:
@@ -398,7 +409,7 @@ def ensure_network(mirror_ips: list[str]) -> None:
     """The bridge with the host address, IP forwarding, and exactly our iptables rules."""
     if not Path(f"/sys/class/net/{BRIDGE}").exists():
         progress(f"creating bridge {BRIDGE} {HOST_ADDRESS}/{NETWORK.prefixlen}")
-        run(["modprobe", "bridge"], check=False)
+        modprobe("bridge")
         if run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=False).returncode != 0:
             raise SandboxError("cannot create a network bridge: the kernel lacks bridge support")
         run(["ip", "addr", "add", f"{HOST_ADDRESS}/{NETWORK.prefixlen}", "dev", BRIDGE])
@@ -427,8 +438,9 @@ def tagged_rules() -> list[tuple[str, list[str]]]:
     for table in ("filter", "nat"):
         listing = run(["iptables", "-w", "-t", table, "-S"], check=False).stdout
         for line in listing.splitlines():
-            if f"--comment {RULE_TAG}" in line or f'--comment "{RULE_TAG}"' in line:
-                found.append((table, [word.strip('"') for word in line.split()]))
+            words = [word.strip('"') for word in line.split()]
+            if any(a == "--comment" and b == RULE_TAG for a, b in itertools.pairwise(words)):
+                found.append((table, words))
     return found
 
 
@@ -843,8 +855,8 @@ def claim(state: State, name: str, cluster: str, groups: list[str]) -> Vm:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    preflight()
     wanted = wanted_vms(args)
+    preflight()
     key = ssh_key()
     booted: list[Vm] = []
     with locked() as state:
