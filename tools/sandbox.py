@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("SLIPWAY_SANDBOX_DIR", "/var/lib/slipway-sandbox"))
@@ -83,6 +84,7 @@ TOPOLOGIES = {
 BOOT_TIMEOUT_S = 60.0
 SSH_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
+LOCK_TIMEOUT_S = 600.0  # the longest another sandbox.py may hold the state (a base build)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 STARTED = time.monotonic()
 
@@ -183,16 +185,42 @@ class State:
 
 @contextlib.contextmanager
 def locked() -> Iterator[State]:
-    """The state, under an exclusive lock: clusters are changed concurrently (Molecule)."""
+    """The state, under an exclusive lock: clusters are changed concurrently (Molecule).
+
+    The holder writes who it is into the lock file, so that a waiter can say
+    what it waits for; the wait is bounded.
+    """
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    with (STATE_DIR / "lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with (STATE_DIR / "lock").open("a+") as lock:
+        waited, told = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() - waited > LOCK_TIMEOUT_S:
+                    raise SandboxError(
+                        f"the sandbox state lock is still held after {LOCK_TIMEOUT_S:.0f} s by "
+                        f"{lock_holder(lock)}: wait for it, or stop that process"
+                    ) from None
+                if not told:
+                    progress(f"waiting for the sandbox state lock, held by {lock_holder(lock)}")
+                    told = True
+                time.sleep(0.25)
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} ({' '.join(sys.argv[1:4])}) since {time.strftime('%T')}\n")
+        lock.flush()
         state = State.load()
         try:
             yield state
         finally:
             if STATE_DIR.is_dir():  # gone after `down --purge`
                 state.save()
+
+
+def lock_holder(lock: IO[str]) -> str:
+    lock.seek(0)
+    return lock.read().strip() or "another sandbox.py"
 
 
 def allocate_address(taken: set[str]) -> str:
@@ -756,14 +784,19 @@ def halt_vm(vm: Vm) -> None:
         remove_cgroup(d)
 
 
-def destroy_vms(vms: list[Vm]) -> None:
-    """Halt VMs (all signalled at once, so they stop in parallel) and remove their disks."""
+def request_halt(vms: list[Vm]) -> None:
+    """SIGTERM to every VM at once (a clean halt), and wait (bounded) until they stopped."""
     running = [vm for vm in vms if nspawn_alive(vm)]
     for vm in running:
         with contextlib.suppress(ProcessLookupError):
             os.kill(vm.pid, signal.SIGTERM)
     with contextlib.suppress(SandboxError):
         wait_for(lambda: not any(map(nspawn_alive, running)), STOP_TIMEOUT_S, "VMs to halt")
+
+
+def destroy_vms(vms: list[Vm]) -> None:
+    """Halt VMs (in parallel) and remove everything of theirs, disks included."""
+    request_halt(vms)
     for vm in vms:
         progress(f"{vm.name}: halted; removing")
         halt_vm(vm)  # SIGKILL for any that did not halt; cgroups, overlay
@@ -946,6 +979,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     with locked() as state:
         vms = selected(state, args)
         progress(f"stopping {', '.join(vm.name for vm in vms) or 'no VM'}")
+    request_halt(vms)  # without the lock: a big VM may take seconds to halt
+    with locked() as state:
+        vms = [state.vms[vm.name] for vm in vms if vm.name in state.vms]
         destroy_vms(vms)
         for vm in vms:
             del state.vms[vm.name]
