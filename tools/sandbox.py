@@ -86,6 +86,7 @@ SSH_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 LOCK_TIMEOUT_S = 600.0  # the longest another sandbox.py may hold the state (a base build)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")  # iptables, apt-cacher-ng, ... live there
 STARTED = time.monotonic()
 
 
@@ -132,9 +133,9 @@ def port_open(host: str, port: int) -> bool:
     return False
 
 
-def require_root(what: str) -> None:
+def require_root(what: str, why: str = "systemd-nspawn, mounts, iptables") -> None:
     if os.geteuid() != 0:
-        raise SandboxError(f"{what} needs root (nspawn, mounts, iptables): run it with sudo")
+        raise SandboxError(f"{what} needs root ({why}): run it with sudo")
 
 
 # --- state ----------------------------------------------------------------------------
@@ -246,7 +247,8 @@ def parse_vm_spec(spec: str) -> tuple[str, list[str]]:
     groups = [g for g in groups_text.split(",") if g]
     unknown = sorted(set(groups) - set(ALL_GROUPS))
     if unknown:
-        raise SandboxError(f"VM {name}: unknown group(s) {', '.join(unknown)}; use {ALL_GROUPS}")
+        known = ", ".join(ALL_GROUPS)
+        raise SandboxError(f"VM {name}: unknown group(s) {', '.join(unknown)}; known: {known}")
     return name, groups
 
 
@@ -931,7 +933,7 @@ def selected(state: State, args: argparse.Namespace) -> list[Vm]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    require_root("status (it asks each VM's systemd through nsenter)")
+    require_root("status", "it asks each VM's systemd through nsenter")
     report(selected(State.load(), args), args.json)
     return 0
 
@@ -1050,6 +1052,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join([*path, *(d for d in SBIN if d not in path)])
     try:
         if hasattr(args, "cluster"):
             check_name("cluster", args.cluster)
