@@ -1,0 +1,127 @@
+"""Bad input stops `site.yml` in preflight, with a sentence naming what to fix,
+before any host is contacted. The hosts point at a closed port on loopback, so
+a run that got past preflight shows up as UNREACHABLE (the positive control)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
+ALL_GROUPS = ("lb", "web", "worker", "db", "redis", "monitoring")
+
+
+def inventory(tmp_path: Path, groups: dict[str, list[str]], **overrides: Any) -> Path:
+    inv = tmp_path / "inventory"
+    shutil.copytree(REPO / "inventories/sandbox/group_vars", inv / "group_vars")
+    hosts = sorted({h for members in groups.values() for h in members})
+    data = {
+        "all": {
+            "vars": {"ansible_host": "127.0.0.1", "ansible_port": 1},
+            "hosts": {h: {} for h in hosts},
+            "children": {g: {"hosts": {h: {} for h in m}} for g, m in groups.items()},
+        }
+    }
+    (inv / "hosts.yml").write_text(yaml.safe_dump(data))
+    secrets = inv / "group_vars/all/secrets.yml"
+    values = yaml.safe_load(secrets.read_text())
+    for key, value in overrides.items():
+        if value is None:
+            values.pop(key, None)
+        elif key.startswith("vault_"):
+            values[key] = value
+        else:
+            (inv / "group_vars/all/zz_test.yml").write_text(yaml.safe_dump({key: value}))
+    secrets.write_text(yaml.safe_dump(values))
+    return inv
+
+
+def site(inv: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}:{os.environ['PATH']}",
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_SSH_ARGS="-o ConnectTimeout=2",
+    )
+    return subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(inv), "site.yml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+AIO = {g: ["aio"] for g in ALL_GROUPS}
+
+
+def test_good_input_passes_preflight(tmp_path: Path) -> None:
+    proc = site(inventory(tmp_path, AIO))
+    assert "UNREACHABLE" in proc.stdout, proc.stdout[-3000:]
+    assert "PLAY [Base system for every host]" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("groups", "overrides", "expected"),
+    [
+        pytest.param(
+            AIO,
+            {"slipway_domains": ["bad_name!.example"]},
+            "slipway_domains must list DNS names",
+            id="invalid-domain",
+        ),
+        pytest.param(
+            AIO,
+            {"slipway_domains": ["https://www.example.com"]},
+            "these are invalid",
+            id="domain-with-scheme",
+        ),
+        pytest.param(
+            AIO,
+            {"vault_slipway_db_password": None},
+            "vault_slipway_db_password is missing",
+            id="missing-vault-secret",
+        ),
+        pytest.param(
+            AIO,
+            {"vault_slipway_secret_key": "CHANGE-ME-please-now"},
+            "vault_slipway_secret_key",
+            id="placeholder-secret",
+        ),
+        pytest.param({**AIO, "db": []}, {}, "exactly\none in `db`", id="no-db-host"),
+        pytest.param({**AIO, "db": ["aio", "db2"]}, {}, "db=['aio', 'db2']", id="two-db-hosts"),
+        pytest.param(
+            {**AIO, "ungrouped": ["stray"]},
+            {},
+            "Host stray is in none of the groups",
+            id="host-in-no-group",
+        ),
+        pytest.param(
+            AIO,
+            {"slipway_environment": "production"},
+            "slipway_environment is",
+            id="unknown-environment",
+        ),
+    ],
+)
+def test_bad_input_stops_in_preflight(
+    tmp_path: Path, groups: dict[str, list[str]], overrides: dict[str, Any], expected: str
+) -> None:
+    proc = site(inventory(tmp_path, groups, **overrides))
+    out = proc.stdout
+    assert proc.returncode != 0
+    flat = " ".join(out.split())
+    assert " ".join(expected.split()) in flat, out[-3000:]
+    # nothing after preflight ran, and no host was contacted
+    assert "PLAY [Base system for every host]" not in out
+    assert "UNREACHABLE" not in out
