@@ -21,7 +21,12 @@ the iptables rules and the apt cache proxy); only the base image and the package
 cache stay, unless `--purge`. Must run as root. Progress goes to stderr, the
 result to stdout. Exit status 2 means an operator must act on the message.
 
-The recipe and its measured figures are in ../shared/SANDBOX.md.
+A second, independent sandbox on the same machine (the VM tests use one) takes
+its own SLIPWAY_SANDBOX_DIR, SLIPWAY_SANDBOX_BRIDGE (default slipbr0) and
+SLIPWAY_SANDBOX_NETWORK (default 10.231.0.0/24).
+
+Measured on a 2-core Debian 12 host: base build 37-42 s; up of 1 VM (boot to
+`running` + SSH) 1.3 s, of 3 VMs 2.7 s; down 0.6-0.9 s (bench/sandbox_bench.py).
 """
 
 from __future__ import annotations
