@@ -12,6 +12,8 @@ import os
 import pytest
 
 
+# tryfirst: xdist reads the groups in its own collection hook, which must come after this one.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("xdist_group"):
