@@ -9,11 +9,11 @@ site default < inventory group_vars < host_vars, group beating ``all``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import AnsibleRunner
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[1]
@@ -36,34 +36,22 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def dumps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
-    out = tmp_path_factory.mktemp("dump")
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        SLIPWAY_SITE_GROUP_VARS=str(HERE / "group_vars"),
-        ANSIBLE_LOCALHOST_WARNING="false",
-    )
-    bindir = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
-    proc = subprocess.run(
-        [
-            str(bindir / "ansible-playbook"),
-            "-i",
-            str(HERE / "inventory"),
-            str(HERE / "site.yml"),
-            "-e",
-            f"dump_dir={out}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+@pytest.fixture
+def dumps(tmp_path: Path, ansible: AnsibleRunner) -> dict[str, dict[str, str]]:
+    proc = ansible(
+        "ansible-playbook",
+        "-i",
+        str(HERE / "inventory"),
+        str(HERE / "site.yml"),
+        "-e",
+        f"dump_dir={tmp_path}",
+        env={
+            "SLIPWAY_SITE_GROUP_VARS": str(HERE / "group_vars"),
+            "ANSIBLE_LOCALHOST_WARNING": "false",
+        },
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {name: json.loads((out / f"{name}.json").read_text()) for name in ("inline", "imported")}
+    return {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("inline", "imported")}
 
 
 @pytest.mark.parametrize("play", ["inline", "imported"])
@@ -71,20 +59,11 @@ def test_every_play_sees_the_same_layers(dumps: dict[str, dict[str, str]], play:
     assert dumps[play] == EXPECTED
 
 
-def test_real_site_defaults_reach_every_inventory() -> None:
+def test_real_site_defaults_reach_every_inventory(ansible: AnsibleRunner) -> None:
     """The repository's own group_vars/ reaches each inventory, which may override it."""
-    bindir = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
     for inventory in ("prod", "staging"):
-        proc = subprocess.run(
-            [str(bindir / "ansible-inventory"), "-i", f"inventories/{inventory}", "--list"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
+        proc = ansible("ansible-inventory", "-i", f"inventories/{inventory}", "--list")
+        assert proc.returncode == 0, proc.stderr
         hostvars = json.loads(proc.stdout)["_meta"]["hostvars"]
         assert hostvars, f"inventories/{inventory} has no hosts"
         for host, hv in hostvars.items():

@@ -4,7 +4,6 @@ a run that got past preflight shows up as UNREACHABLE (the positive control)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,8 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import AnsibleRunner
+
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / ".venv" / "bin"
 ALL_GROUPS = ("lb", "web", "worker", "db", "redis", "monitoring")
 
 
@@ -43,30 +43,21 @@ def inventory(tmp_path: Path, groups: dict[str, list[str]], **overrides: Any) ->
     return inv
 
 
-def site(inv: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(
-        os.environ,
-        PATH=f"{BIN}:{os.environ['PATH']}",
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_SSH_ARGS="-o ConnectTimeout=2",
-    )
-    return subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inv), "site.yml"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+def site(ansible: AnsibleRunner, inv: Path) -> subprocess.CompletedProcess[str]:
+    return ansible(
+        "ansible-playbook",
+        "-i",
+        str(inv),
+        "site.yml",
+        env={"ANSIBLE_SSH_ARGS": "-o ConnectTimeout=2"},
     )
 
 
 AIO = {g: ["aio"] for g in ALL_GROUPS}
 
 
-def test_good_input_passes_preflight(tmp_path: Path) -> None:
-    proc = site(inventory(tmp_path, AIO))
+def test_good_input_passes_preflight(tmp_path: Path, ansible: AnsibleRunner) -> None:
+    proc = site(ansible, inventory(tmp_path, AIO))
     assert "UNREACHABLE" in proc.stdout, proc.stdout[-3000:]
     assert "PLAY [Base system for every host]" in proc.stdout
 
@@ -115,9 +106,13 @@ def test_good_input_passes_preflight(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_stops_in_preflight(
-    tmp_path: Path, groups: dict[str, list[str]], overrides: dict[str, Any], expected: str
+    tmp_path: Path,
+    ansible: AnsibleRunner,
+    groups: dict[str, list[str]],
+    overrides: dict[str, Any],
+    expected: str,
 ) -> None:
-    proc = site(inventory(tmp_path, groups, **overrides))
+    proc = site(ansible, inventory(tmp_path, groups, **overrides))
     out = proc.stdout
     assert proc.returncode != 0
     flat = " ".join(out.split())
