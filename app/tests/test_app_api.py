@@ -111,7 +111,7 @@ async def test_submit_then_read_job(make_settings: SettingsFactory) -> None:
         job = r.json()
         assert r.headers["location"] == f"/api/jobs/{job['id']}"
         got = await c.get(f"/api/jobs/{job['id']}")
-        gpu = await c.post("/api/jobs", json={"kind": "gpu", "text": "x"})
+        gpu = await c.post("/api/jobs", json={"kind": "gpu", "text": "x", "iterations": 2.0})
     assert got.status_code == 200
     assert got.json()["status"] == "queued" and got.json()["kind"] == "text"
     assert gpu.json()["queue"] == "gpu"
@@ -142,6 +142,44 @@ async def test_bad_input_is_clean_json(make_settings: SettingsFactory) -> None:
     assert unknown.status_code == 404 and "not found" in unknown.json()["detail"]
     assert not_uuid.status_code == 422
     assert no_route.status_code == 404 and no_route.json() == {"detail": "Not Found"}
+
+
+async def test_job_schema_requires_what_validation_requires(
+    make_settings: SettingsFactory,
+) -> None:
+    """The published OpenAPI schema must not accept a body the endpoint rejects (an API
+    fuzzer found ``{"seconds": 0}`` schema-valid but 422 while ``kind`` had a default)."""
+    from slipway_app.main import create_app
+
+    schemas = create_app(make_settings()).openapi()["components"]["schemas"]
+    for name in ("TextJob", "GpuJob", "SleepJob"):
+        assert "kind" in schemas[name]["required"], name
+    async with app_client(make_settings()) as c:
+        no_kind = await c.post("/api/jobs", json={"seconds": 0})
+    assert no_kind.status_code == 422
+    assert "kind" in no_kind.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        # Found by an API fuzzer: each was accepted (202) or crashed the insert (500).
+        (b'{"kind": "sleep", "seconds": false}', "seconds"),
+        (b'{"kind": "text", "text": "a", "iterations": "5"}', "iterations"),
+        (b'{"kind": "text", "text": "a", "iterations": 5.5}', "iterations"),
+        (b'{"kind": "text", "text": "a", "iterations": true}', "iterations"),
+        (b'{"kind": "gpu", "text": "a\\u0000b"}', "text"),
+        (b'{"kind": "gpu", "text": "\\udb8e\\udf9e x \\ud9a6"}', "text"),
+    ],
+)
+async def test_unstorable_or_coerced_input_is_422(
+    make_settings: SettingsFactory, body: bytes, field: str
+) -> None:
+    headers = {"content-type": "application/json"}
+    async with app_client(make_settings()) as c:
+        r = await c.post("/api/jobs", content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"][-1] == field
 
 
 async def test_unhandled_error_is_json_500_without_traceback(
