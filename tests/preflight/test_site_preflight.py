@@ -1,6 +1,8 @@
 """Bad input stops `site.yml` in preflight, with a sentence naming what to fix,
 before any host is contacted. The hosts point at a closed port on loopback, so
-a run that got past preflight shows up as UNREACHABLE (the positive control)."""
+a run that got past the inventory checks shows up as UNREACHABLE (the positive
+control). The checks made on the hosts (ports taken) run on a real VM in
+tests/vm/test_preflight_on_host.py."""
 
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ AIO = {g: ["aio"] for g in ALL_GROUPS}
 def test_good_input_passes_preflight(tmp_path: Path, ansible: AnsibleRunner) -> None:
     proc = site(ansible, inventory(tmp_path, AIO))
     assert "UNREACHABLE" in proc.stdout, proc.stdout[-3000:]
-    assert "PLAY [Base system for every host]" in proc.stdout
+    # the inventory checks passed, and the checks on the hosts tried to reach them
+    assert "PLAY [Preflight on the hosts]" in proc.stdout
 
 
 @pytest.mark.parametrize(
@@ -117,6 +120,6 @@ def test_bad_input_stops_in_preflight(
     assert proc.returncode != 0
     flat = " ".join(out.split())
     assert " ".join(expected.split()) in flat, out[-3000:]
-    # nothing after preflight ran, and no host was contacted
-    assert "PLAY [Base system for every host]" not in out
+    # nothing after the inventory checks ran, and no host was contacted
+    assert "PLAY [Preflight on the hosts]" not in out
     assert "UNREACHABLE" not in out
