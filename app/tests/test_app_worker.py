@@ -1,6 +1,6 @@
-"""A real Celery worker subprocess: the jobs round trip, and a worker killed with SIGKILL
+"""A real Celery worker subprocess: the jobs round trip, a worker killed with SIGKILL
 mid-task whose job a new worker finishes (acks_late + reject_on_worker_lost + a short
-Redis visibility timeout)."""
+Redis visibility timeout), and a database outage the task rides out by retrying."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -18,6 +19,7 @@ from slipway_app import task_metrics
 from slipway_app.config import Settings
 from slipway_testlib import (
     PYTHON,
+    TcpProxy,
     app_client,
     service_env,
     start_process,
@@ -170,3 +172,32 @@ async def test_sigterm_soft_shutdown_is_bounded_and_requeues(
         job = await _wait_job(c, job_id, 20)
     assert stopped_after < 5, f"worker took {stopped_after:.1f}s to stop"
     assert job["status"] == "succeeded" and job["attempts"] == 2, job
+
+
+async def test_database_outage_is_retried_until_it_ends(
+    worker_settings: Settings, workers: Workers
+) -> None:
+    """The worker reaches PostgreSQL through a proxy that is down at first: the task
+    retries with backoff (autoretry_for OperationalError), then succeeds once it is back."""
+    pg = urlsplit(worker_settings.database_url)
+    assert pg.hostname and pg.port
+    proxy = TcpProxy(pg.hostname, pg.port)  # not started yet: connections are refused
+    proxied = worker_settings.database_url.replace(
+        pg.netloc.split("@")[-1], f"127.0.0.1:{proxy.port}"
+    )
+    _, log = workers.start(SLIPWAY_DATABASE_URL=proxied)
+    try:
+        async with app_client(worker_settings) as c:
+            r = await c.post("/api/jobs", json={"kind": "text", "text": "after the outage"})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            wait_until(lambda: "Retry in" in log.read_text(errors="replace"), 60, "a retry")
+            assert _job_row(worker_settings, job_id)["status"] == "queued"
+            proxy.start()
+            job = await _wait_job(c, job_id, 120)  # backoff 2 s, doubling, with jitter
+            metrics = (await c.get("/metrics")).text
+    finally:
+        proxy.stop()
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1  # counted when the task reached the row, once
+    assert 'slipway_celery_tasks_total{outcome="retry",task="slipway.run_job"}' in metrics
