@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,19 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
 
 AnsibleRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def vm_skip_reason() -> str | None:
+    """Why this machine cannot boot sandbox VMs (systemd-nspawn), or None if it can."""
+    if os.geteuid() != 0:
+        return "boots systemd-nspawn VMs: run as root"
+    if shutil.which("systemd-nspawn") is None:
+        return "systemd-nspawn is missing: apt-get install systemd-container"
+    return None
+
+
+# Tests that boot sandbox VMs: the `vm` marker, skipped where VMs cannot run.
+needs_vms = pytest.mark.skipif(vm_skip_reason() is not None, reason=str(vm_skip_reason()))
 
 
 @pytest.fixture

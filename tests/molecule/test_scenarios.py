@@ -5,12 +5,13 @@ summary. Each scenario is its own xdist group and runs beside the others."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import needs_vms
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted(
@@ -21,22 +22,12 @@ LOG_DIR = REPO / ".cache" / "molecule-logs"
 TIMEOUT_S = int(os.environ.get("SLIPWAY_MOLECULE_TIMEOUT", "2400"))
 
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "Molecule scenarios boot systemd-nspawn VMs: run as root"
-    if shutil.which("systemd-nspawn") is None:
-        return "systemd-nspawn is missing: apt-get install systemd-container"
-    return None
-
-
 @pytest.mark.vm
+@needs_vms
 @pytest.mark.parametrize(
     "scenario", [pytest.param(s, marks=pytest.mark.xdist_group(f"molecule-{s}")) for s in SCENARIOS]
 )
 def test_molecule_scenario(scenario: str) -> None:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"{scenario}.log"
     bindir = REPO / ".venv" / "bin"

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import AnsibleRunner
-from tests.vm.test_sandbox import needs_vms, vm
+from tests.conftest import AnsibleRunner, needs_vms
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX = [sys.executable, str(REPO / "tools" / "sandbox.py")]
@@ -52,7 +51,7 @@ def on_vm(script: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-@vm
+@pytest.mark.vm
 @needs_vms
 def test_a_port_taken_by_another_program_stops_the_run_before_any_change(
     inventory: Path, ansible: AnsibleRunner

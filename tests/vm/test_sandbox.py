@@ -9,7 +9,6 @@ import argparse
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import needs_vms
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX = [sys.executable, str(REPO / "tools" / "sandbox.py")]
@@ -156,16 +157,7 @@ NAMES = ["pt-sbx-1", "pt-sbx-2", "pt-sbx-3"]
 STATE_DIR = Path(os.environ.get("SLIPWAY_SANDBOX_DIR", "/var/lib/slipway-sandbox"))
 
 
-def _vm_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "boots systemd-nspawn VMs: run as root"
-    if shutil.which("systemd-nspawn") is None:
-        return "systemd-nspawn is missing: apt-get install systemd-container"
-    return None
-
-
 vm = pytest.mark.vm
-needs_vms = pytest.mark.skipif(_vm_skip_reason() is not None, reason=str(_vm_skip_reason()))
 
 
 def sandbox(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
