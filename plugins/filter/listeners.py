@@ -1,9 +1,9 @@
 """Filters over ``ss -ltnpH`` output: who listens where, and which wanted ports are taken.
 
-``port_conflicts`` backs the site preflight: before anything changes, each port a
-host's services will need must be free or already held by the program meant to
-hold it (a re-run finds nginx on 443, which is fine; a fresh host with another
-web server on 443 is not).
+``port_conflicts`` backs the site preflight and the nginx, postgresql and redis roles'
+own: before anything changes, each port a host's services will need must be free or
+already held by the program meant to hold it (a re-run finds nginx on 443, which is
+fine; a fresh host with another web server on 443 is not).
 """
 
 from __future__ import annotations
