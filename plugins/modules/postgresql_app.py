@@ -28,7 +28,7 @@ description:
     only when they differ (or the stored password is MD5 or empty) does it write a new one.
     The new verifier is computed here, so the clear-text password never reaches the server,
     its logs or C(pg_stat_activity).
-  - Needs root on the database host (C(become: true)).
+  - "Needs root on the database host (C(become: true))."
 version_added: "0.1.0"
 author: slipway
 options:
