@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from slipway_app import migrate
-from slipway_app.config import Settings, load_settings
+from slipway_app.core import migrate
+from slipway_app.core.config import Settings, load_settings
 from slipway_testlib import SERVICES
 
 

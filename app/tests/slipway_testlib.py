@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from slipway_app.config import Settings
+from slipway_app.core.config import Settings
 from slipway_app.main import create_app
 
 REPO = Path(__file__).resolve().parents[2]

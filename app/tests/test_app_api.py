@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from fastapi import FastAPI
-from slipway_app.config import Settings
+from slipway_app.core.config import Settings
 from slipway_testlib import TcpProxy, app_client, free_port, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.anyio]
@@ -215,7 +215,7 @@ async def test_access_log_is_json_with_request_id(
     import json
     import logging
 
-    from slipway_app.logs import configure_logging
+    from slipway_app.core.logs import configure_logging
 
     configure_logging("INFO", "test-release")
     try:

@@ -79,6 +79,11 @@ def test_wheel_ships_migrations_and_gunicorn_conf(tmp_path: Path) -> None:
         "slipway_app/migrations/versions/0001_create_jobs.py",
         "slipway_app/gunicorn_conf.py",
         "slipway_app/cli.py",
+        "slipway_app/core/__init__.py",
+        "slipway_app/core/config.py",
+        "slipway_app/worker/__init__.py",
+        "slipway_app/worker/app.py",
+        "slipway_app/api/router.py",
     ):
         assert path in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from slipway_app.config import ConfigError, load_settings
+from slipway_app.core.config import ConfigError, load_settings
 
 GOOD_KEY = "k" * 40
 GOOD_DB = "postgresql://slipway:s3cr3t-pw@db.internal:5432/slipway"

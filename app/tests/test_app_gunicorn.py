@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from slipway_app.config import Settings
+from slipway_app.core.config import Settings
 from slipway_testlib import PYTHON, free_port, service_env, start_process, stop_process, wait_until
 
 pytestmark = pytest.mark.services

@@ -6,12 +6,13 @@ import hashlib
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
-from slipway_app import jobs
-from slipway_app.config import load_settings
-from slipway_app.launcher import build_worker_argv
-from slipway_app.middleware import valid_request_id
+from slipway_app import schemas
+from slipway_app.core.config import load_settings
+from slipway_app.core.middleware import valid_request_id
+from slipway_app.worker import compute
+from slipway_app.worker.launcher import build_worker_argv
 
-JOB = TypeAdapter(jobs.JobIn)
+JOB = TypeAdapter(schemas.JobIn)
 
 
 @pytest.mark.parametrize("value", ["abc", "A-Z_0.9:x", "x" * 128, "0f8fad5b-d9cb-469f"])
@@ -28,21 +29,21 @@ def test_request_id_rejected(value: str | None) -> None:
 
 def test_job_input_defaults_and_routing() -> None:
     job = JOB.validate_python({"text": "hi"} | {"kind": "text"})
-    assert isinstance(job, jobs.TextJob)
+    assert isinstance(job, schemas.TextJob)
     assert job.iterations == 1
-    assert jobs.QUEUE_FOR_KIND["gpu"] == "gpu"
-    assert jobs.QUEUE_FOR_KIND["text"] == "default"
+    assert schemas.QUEUE_FOR_KIND["gpu"] == "gpu"
+    assert schemas.QUEUE_FOR_KIND["text"] == "default"
 
 
 @pytest.mark.parametrize(
     "payload",
     [
         {"kind": "text", "text": ""},
-        {"kind": "text", "text": "x" * (jobs.MAX_TEXT_CHARS + 1)},
+        {"kind": "text", "text": "x" * (schemas.MAX_TEXT_CHARS + 1)},
         {"kind": "text", "text": "x", "iterations": 0},
-        {"kind": "text", "text": "x", "iterations": jobs.MAX_ITERATIONS + 1},
+        {"kind": "text", "text": "x", "iterations": schemas.MAX_ITERATIONS + 1},
         {"kind": "sleep", "seconds": -1},
-        {"kind": "sleep", "seconds": jobs.MAX_SLEEP_SECONDS + 1},
+        {"kind": "sleep", "seconds": schemas.MAX_SLEEP_SECONDS + 1},
         {"kind": "video", "text": "x"},
         {"kind": "text", "text": "x", "extra": 1},
         {"text": "missing kind"},
@@ -54,7 +55,7 @@ def test_job_input_rejected(payload: dict[str, object]) -> None:
 
 
 def test_text_stats() -> None:
-    result = jobs.text_stats("The cat saw the dog.\nThe end", iterations=2)
+    result = compute.text_stats("The cat saw the dog.\nThe end", iterations=2)
     first = hashlib.sha256(b"The cat saw the dog.\nThe end").digest()
     assert result["sha256"] == hashlib.sha256(first).hexdigest()
     assert result["words"] == 7
@@ -63,7 +64,7 @@ def test_text_stats() -> None:
 
 
 def test_compute_sleep_is_bounded() -> None:
-    assert jobs.compute("sleep", {"seconds": 0})["slept_seconds"] < 1
+    assert compute.compute("sleep", {"seconds": 0})["slept_seconds"] < 1
 
 
 def _opts(argv: list[str]) -> dict[str, str]:

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 import redis
-from slipway_app import task_metrics
-from slipway_app.config import Settings
+from slipway_app.core.config import Settings
+from slipway_app.worker import task_metrics
 from slipway_testlib import (
     PYTHON,
     TcpProxy,

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from slipway_app import __version__
-from slipway_app.config import ConfigError, Settings, get_settings
+from slipway_app.core.config import ConfigError, Settings, get_settings
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 def _migrate(action: str, revision: str | None) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from slipway_app import migrate
+    from slipway_app.core import migrate
 
     settings = _settings()
     try:
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "serve":
             _serve(rest)
         _settings()
-        from slipway_app import launcher
+        from slipway_app.worker import launcher
 
         if command == "worker":
             launcher.run_worker(rest)

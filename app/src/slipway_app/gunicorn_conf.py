@@ -14,8 +14,8 @@ import sys
 import tempfile
 from typing import Any
 
-from slipway_app.config import ConfigError, get_settings
-from slipway_app.logs import logging_dict
+from slipway_app.core.config import ConfigError, get_settings
+from slipway_app.core.logs import logging_dict
 
 try:
     _settings = get_settings()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from slipway_app import __version__, errors
-from slipway_app.api.main import api_router
-from slipway_app.config import Settings, get_settings
-from slipway_app.lifespan import lifespan
-from slipway_app.logs import configure_logging
-from slipway_app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from slipway_app import __version__
+from slipway_app.api.router import api_router
+from slipway_app.core import errors
+from slipway_app.core.config import Settings, get_settings
+from slipway_app.core.lifespan import lifespan
+from slipway_app.core.logs import configure_logging
+from slipway_app.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from slipway_app.config import Settings
+from slipway_app.core.config import Settings
 
 
 def get_settings(request: Request) -> Settings:

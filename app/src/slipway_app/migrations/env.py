@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import pool, text
 
-from slipway_app.config import Settings, get_settings
-from slipway_app.db import make_sync_engine
+from slipway_app.core.config import Settings, get_settings
+from slipway_app.core.db import make_sync_engine
 from slipway_app.models import Base
 
 # Any fixed 64-bit number: serialises concurrent `migrate upgrade` runs from several hosts.

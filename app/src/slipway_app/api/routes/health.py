@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from slipway_app import __version__, health
+from slipway_app import __version__
 from slipway_app.api.deps import EngineDep, HeadsDep, RedisDep, SettingsDep
+from slipway_app.core.readiness import readiness
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -23,7 +24,7 @@ async def live() -> dict[str, str]:
 async def ready(
     settings: SettingsDep, engine: EngineDep, redis: RedisDep, heads: HeadsDep
 ) -> JSONResponse:
-    checks = await health.readiness(engine, redis, heads, settings.health_timeout)
+    checks = await readiness(engine, redis, heads, settings.health_timeout)
     failed = [name for name, result in checks.items() if result.status == "fail"]
     body: dict[str, Any] = {
         "status": "fail" if failed else "ok",

@@ -13,12 +13,12 @@ from redis.exceptions import RedisError
 from sqlalchemy import delete
 from starlette.concurrency import run_in_threadpool
 
-from slipway_app import metrics
 from slipway_app.api.deps import CeleryDep, SessionDep
-from slipway_app.celery_app import TASK_RUN_JOB
-from slipway_app.errors import ServiceUnavailable
-from slipway_app.jobs import QUEUE_FOR_KIND, JobIn, JobOut
+from slipway_app.core import metrics
+from slipway_app.core.errors import ServiceUnavailable
 from slipway_app.models import Job, JobStatus
+from slipway_app.schemas import QUEUE_FOR_KIND, JobIn, JobOut
+from slipway_app.worker.celery_config import TASK_RUN_JOB
 
 # The full prefix lives on the router so route.path is the whole template (metrics label).
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])

@@ -7,8 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from slipway_app import __version__, metrics, task_metrics
+from slipway_app import __version__
 from slipway_app.api.deps import RedisDep, SettingsDep
+from slipway_app.core import metrics
+from slipway_app.worker import task_metrics
 
 router = APIRouter(tags=["meta"])
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from slipway_app.migrate import VERSION_TABLE
+from slipway_app.core.migrate import VERSION_TABLE
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,8 @@
-"""The jobs feature: input schemas (bounded) and the computations the worker runs."""
+"""Job input (bounded, strict) and output schemas of ``/api/jobs``; the queue of each kind."""
 
 from __future__ import annotations
 
-import hashlib
-import re
-import time
 import uuid
-from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -15,11 +11,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 MAX_TEXT_CHARS = 100_000
 MAX_ITERATIONS = 100_000
 MAX_SLEEP_SECONDS = 30.0
-TOP_WORDS = 5
 
 QUEUE_FOR_KIND = {"text": "default", "sleep": "default", "gpu": "gpu"}
-
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def _storable(text: str) -> str:
@@ -87,34 +80,3 @@ class JobOut(BaseModel):
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-
-
-def text_stats(text: str, iterations: int = 1) -> dict[str, Any]:
-    data = text.encode("utf-8")
-    digest = hashlib.sha256(data).digest()
-    for _ in range(iterations - 1):
-        digest = hashlib.sha256(digest).digest()
-    words = [w.lower() for w in _WORD.findall(text)]
-    counts = Counter(words)
-    return {
-        "sha256": digest.hex(),
-        "iterations": iterations,
-        "chars": len(text),
-        "bytes": len(data),
-        "lines": text.count("\n") + 1,
-        "words": len(words),
-        "unique_words": len(counts),
-        "top_words": [[w, c] for w, c in counts.most_common(TOP_WORDS)],
-    }
-
-
-def compute(kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run one job; ``params`` were validated by the API before they were stored."""
-    if kind in ("text", "gpu"):
-        return text_stats(params["text"], int(params.get("iterations", 1)))
-    if kind == "sleep":
-        seconds = min(float(params["seconds"]), MAX_SLEEP_SECONDS)
-        started = time.monotonic()
-        time.sleep(seconds)
-        return {"slept_seconds": round(time.monotonic() - started, 3)}
-    raise ValueError(f"unknown job kind {kind!r}")

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
-from slipway_app.config import Settings
+from slipway_app.core.config import Settings
 
 
 def _connect_args(settings: Settings) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""The worker/beat Celery app (``celery -A slipway_app.worker``): tasks, JSON logs, counters."""
+"""The Celery app of the worker and beat processes (``celery -A slipway_app.worker.app``).
+
+It includes the tasks, logs JSON and counts task outcomes in Redis. The web app never
+imports it: it publishes through its own producer-only app (``celery_config.create_celery``).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,10 @@ from celery.signals import (
     task_success,
 )
 
-from slipway_app import task_metrics
-from slipway_app.celery_app import create_celery
-from slipway_app.config import get_settings
-from slipway_app.logs import configure_logging
+from slipway_app.core.config import get_settings
+from slipway_app.core.logs import configure_logging
+from slipway_app.worker import task_metrics
+from slipway_app.worker.celery_config import create_celery
 
 settings = get_settings()
 celery_app = create_celery(settings, include_tasks=True)

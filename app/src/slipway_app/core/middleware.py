@@ -12,8 +12,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from slipway_app import metrics
-from slipway_app.logs import request_id_var
+from slipway_app.core import metrics
+from slipway_app.core.logs import request_id_var
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

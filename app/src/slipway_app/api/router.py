@@ -1,4 +1,4 @@
-"""All routers in one place."""
+"""All routers in one place; ``main.create_app`` includes ``api_router``."""
 
 from fastapi import APIRouter
 

@@ -10,8 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, pool
 
-from slipway_app.config import Settings
-from slipway_app.db import make_sync_engine
+from slipway_app.core.config import Settings
+from slipway_app.core.db import make_sync_engine
 
 SCRIPT_LOCATION = "slipway_app:migrations"
 VERSION_TABLE = "alembic_version"  # Alembic's default, read directly by /health/ready

@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from slipway_app.celery_app import create_celery
-from slipway_app.config import Settings, redact_url
-from slipway_app.db import make_async_engine, make_sessionmaker
-from slipway_app.migrate import script_heads
+from slipway_app.core.config import Settings, redact_url
+from slipway_app.core.db import make_async_engine, make_sessionmaker
+from slipway_app.core.migrate import script_heads
+from slipway_app.worker.celery_config import create_celery
 
 log = logging.getLogger(__name__)
 

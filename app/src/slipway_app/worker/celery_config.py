@@ -1,4 +1,6 @@
-"""Celery configuration: Redis broker, queues ``default`` and ``gpu``, late acks, beat."""
+"""Celery configuration and the app factory: Redis broker, queues ``default`` and ``gpu``,
+late acks, beat schedule, task names. The web app (to publish) and the worker both use it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from slipway_app.config import Settings
+from slipway_app.core.config import Settings
 
 TASK_RUN_JOB = "slipway.run_job"
 TASK_PURGE_JOBS = "slipway.purge_jobs"
@@ -68,7 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def create_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
     """A Celery app for ``settings``; the web app only publishes, so it skips the tasks."""
-    app = Celery("slipway", include=["slipway_app.tasks"] if include_tasks else [])
+    app = Celery("slipway", include=["slipway_app.worker.tasks"] if include_tasks else [])
     app.conf.update(celery_config(settings))
     app.conf.slipway_settings = settings
     return app

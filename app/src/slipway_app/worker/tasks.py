@@ -12,11 +12,11 @@ from celery import Task
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from slipway_app import jobs
-from slipway_app.celery_app import TASK_PURGE_JOBS, TASK_RUN_JOB
-from slipway_app.db import make_sync_engine
+from slipway_app.core.db import make_sync_engine
 from slipway_app.models import Job, JobStatus
-from slipway_app.worker import celery_app, settings
+from slipway_app.worker import compute
+from slipway_app.worker.app import celery_app, settings
+from slipway_app.worker.celery_config import TASK_PURGE_JOBS, TASK_RUN_JOB
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run_job(self: Task, job_id: str) -> str:
     kind, params, attempts = row
     log.info("job started", extra={"job_id": job_id, "kind": kind, "attempt": attempts})
     try:
-        result: dict[str, Any] = jobs.compute(kind, params)
+        result: dict[str, Any] = compute.compute(kind, params)
     except (ValueError, KeyError, TypeError) as exc:
         _finish(jid, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
         log.warning("job failed", extra={"job_id": job_id, "error": str(exc)})

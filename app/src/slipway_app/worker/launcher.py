@@ -1,4 +1,4 @@
-"""Celery worker launcher (as the seeds' ``run_celery_worker``).
+"""``slipway-app worker`` and ``slipway-app beat``: start Celery from the settings.
 
 Queues, log level, pool and concurrency default to the ``SLIPWAY_CELERY_*`` settings
 (environment); command-line options win. Unknown options pass through to ``celery worker``.
@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from slipway_app.config import Settings
+from slipway_app.core.config import Settings
 
 POOLS = ("prefork", "threads", "solo", "eventlet", "gevent")
 
@@ -54,14 +54,14 @@ def build_worker_argv(settings: Settings, args: Sequence[str]) -> list[str]:
 
 
 def run_worker(args: Sequence[str]) -> None:
-    if os.name != "posix":  # the seeds' launcher refuses Windows too
+    if os.name != "posix":  # signal remapping and the prefork pool need POSIX
         raise SystemExit("slipway-app worker: POSIX systems only")
     # SIGTERM (systemd's stop) starts Celery's soft shutdown: running tasks get
     # SLIPWAY_CELERY_SOFT_SHUTDOWN_TIMEOUT seconds, then the rest are requeued (acks_late)
     # instead of waiting unbounded for systemd's SIGKILL. Set REMAP_SIGTERM=SIGTERM to keep
     # Celery's plain warm shutdown. Must be set before celery/billiard is imported.
     os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
-    from slipway_app.worker import celery_app, settings
+    from slipway_app.worker.app import celery_app, settings
 
     argv = build_worker_argv(settings, args)
     print("slipway-app worker: celery " + " ".join(argv), file=sys.stderr, flush=True)
@@ -69,7 +69,7 @@ def run_worker(args: Sequence[str]) -> None:
 
 
 def run_beat(args: Sequence[str]) -> None:
-    from slipway_app.worker import celery_app, settings
+    from slipway_app.worker.app import celery_app, settings
 
     argv = [
         "--quiet",
