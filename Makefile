@@ -10,14 +10,14 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 PYTHON ?= python3
-SANDBOX := $(PYTHON) tools/sandbox.py
+SANDBOX := $(PYTHON) -m tools.sandbox
 PEBBLE := $(PYTHON) tools/pebble.py
 SCENARIO ?= default
 # Parallel pytest workers: Molecule scenarios, app tests and unit tests run side by side.
 TEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: help venv sandbox sandbox-down lint unit molecule test bench clean
+.PHONY: help venv host sandbox sandbox-down lint unit molecule test bench clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ $(VENV)/.synced: pyproject.toml uv.lock app/pyproject.toml
 	@touch $@
 
 venv: $(VENV)/.synced ## Create or update the controller virtualenv (uv, from uv.lock)
+
+host: ## Install the host packages the sandbox and Pebble need (up does it too)
+	$(SANDBOX) host
 
 sandbox: venv ## Bring up the sandbox VMs and converge site.yml on them
 	$(SANDBOX) up
@@ -52,7 +55,8 @@ unit: venv ## Unit and app tests only (no VMs)
 molecule: venv ## One Molecule scenario: make molecule SCENARIO=allinone
 	molecule test -s $(SCENARIO)
 
-test: venv lint ## Everything: lint, unit, app, sandbox and all Molecule scenarios
+# `host` first: the VM tests and Molecule need the host packages, installed the way `up` does.
+test: venv lint host ## Everything: lint, unit, app, sandbox and all Molecule scenarios
 	pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: venv ## Measure and print figures; writes bench/results/latest.json

@@ -93,8 +93,8 @@ def main() -> int:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sh(["apt-get", "install", "-y", "-qq", "wrk"])
-    sandbox = [sys.executable, str(REPO / "tools" / "sandbox.py")]
-    subprocess.run([*sandbox, "down", "--cluster", CLUSTER], capture_output=True, check=False)
+    sandbox = [sys.executable, "-m", "tools.sandbox"]  # run with cwd=REPO
+    subprocess.run([*sandbox, "down", "--cluster", CLUSTER], cwd=REPO, capture_output=True)
     work = Path(tempfile.mkdtemp(prefix="slipway-bench-"))
     inventory = work / "inventory"
     inventory.mkdir()
@@ -120,7 +120,8 @@ def main() -> int:
                     "--inventory",
                     str(inventory / "hosts.yml"),
                     f"--vm={VM}:{GROUPS}",
-                ]
+                ],
+                cwd=REPO,
             ).stdout
         )
         address = up["vms"][0]["address"]
@@ -167,7 +168,7 @@ def main() -> int:
     finally:
         if not args.keep:
             subprocess.run(
-                [*sandbox, "down", "--cluster", CLUSTER], capture_output=True, check=False
+                [*sandbox, "down", "--cluster", CLUSTER], cwd=REPO, capture_output=True, check=False
             )
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SANDBOX = [sys.executable, str(REPO / "tools" / "sandbox.py")]
+SANDBOX = [sys.executable, "-m", "tools.sandbox"]  # run with cwd=REPO
 CLUSTER = "bench-sandbox"
 FRESH = {"SLIPWAY_SANDBOX_BRIDGE": "slipbr8", "SLIPWAY_SANDBOX_NETWORK": "10.231.8.0/24"}
 
@@ -32,6 +32,7 @@ def timed(*args: str, env: dict[str, str] | None = None) -> tuple[float, str]:
     started = time.monotonic()
     proc = subprocess.run(
         [*SANDBOX, *args],
+        cwd=REPO,
         capture_output=True,
         text=True,
         check=False,

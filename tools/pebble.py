@@ -15,30 +15,42 @@ starts, so a restart would orphan every certificate issued so far) and the DNS r
 Pebble management https://10.231.0.1:15000 (GET /roots/0), mock DNS 10.231.0.1:8053, DNS
 management http://10.231.0.1:8055 (POST /add-a). HTTP-01 validation connects to port 80 of the
 address a name resolves to. State (certificates, config, pidfiles, logs) lives in
-$SLIPWAY_PEBBLE_STATE, default /var/lib/slipway-sandbox/pebble.
+$SLIPWAY_PEBBLE_STATE, default /var/lib/slipway-sandbox/pebble. `start` installs Pebble
+(Debian package `pebble`) when it is missing, as the sandbox installs its host packages.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script (python3 tools/pebble.py): find `tools`
+    sys.path.insert(0, str(REPO))
+
+from tools.sandbox.host import (  # noqa: E402  (after the path set-up above)
+    SandboxError,
+    ensure_host_packages,
+    port_open,
+    process_alive,
+    progress,
+    run,
+    spawn,
+    stop_process,
+    wait_for,
+)
+
 STATE = Path(os.environ.get("SLIPWAY_PEBBLE_STATE", "/var/lib/slipway-sandbox/pebble"))
 ADDRESS = os.environ.get("SLIPWAY_PEBBLE_ADDRESS", "10.231.0.1")
 ACME_PORT = 14000
@@ -51,12 +63,12 @@ FQDN = re.compile(r"^(?=.{1,253}$)((?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)+[A-Za-z]{2,6
 IPV4 = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
 
 
-class PebbleError(Exception):
+class PebbleError(SandboxError):
     """A failure an operator can act on; main() prints it and exits 1."""
 
 
 def log(msg: str) -> None:
-    print(f"pebble: {msg}", file=sys.stderr)
+    progress(f"pebble: {msg}")
 
 
 # ---- pure helpers (unit-tested) -------------------------------------------------------------
@@ -138,24 +150,7 @@ def domains_from_inventory(data: dict[str, Any], group: str = "lb") -> list[tupl
     return out
 
 
-def proc_alive(pid: int, name: str, proc: Path = Path("/proc")) -> bool:
-    """True when `pid` runs a program called `name` and is not a zombie (PID 1 reaps late)."""
-    try:
-        stat = (proc / str(pid) / "stat").read_text()
-        cmd = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")[0].decode()
-    except OSError:
-        return False
-    state = stat.rpartition(")")[2].split()[0]
-    return state not in ("Z", "X") and Path(cmd).name == name
-
-
 # ---- side effects ---------------------------------------------------------------------------
-
-
-def _run(argv: list[str]) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise PebbleError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
 
 
 def ensure_tls(state: Path, address: str) -> None:
@@ -164,23 +159,23 @@ def ensure_tls(state: Path, address: str) -> None:
         return
     log(f"making Pebble's HTTPS certificate for {address} and localhost")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _run(["openssl", "req", "-x509", *ec, "-days", "825", "-subj",
-          "/CN=Slipway sandbox Pebble HTTPS CA", "-keyout", str(state / "tls-ca.key"),
-          "-out", str(state / "tls-ca.pem"),
-          "-addext", "basicConstraints=critical,CA:TRUE",
-          "-addext", "keyUsage=critical,keyCertSign,cRLSign"])  # fmt: skip
-    _run(["openssl", "req", *ec, "-subj", "/CN=pebble", "-keyout", str(state / "tls-key.pem"),
-          "-out", str(state / "tls.csr")])  # fmt: skip
+    run(["openssl", "req", "-x509", *ec, "-days", "825", "-subj",
+         "/CN=Slipway sandbox Pebble HTTPS CA", "-keyout", str(state / "tls-ca.key"),
+         "-out", str(state / "tls-ca.pem"),
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"])  # fmt: skip
+    run(["openssl", "req", *ec, "-subj", "/CN=pebble", "-keyout", str(state / "tls-key.pem"),
+         "-out", str(state / "tls.csr")])  # fmt: skip
     ext = state / "tls.ext"
     ext.write_text(
         f"subjectAltName=IP:{address},DNS:localhost,IP:127.0.0.1\n"
         "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
         "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
     )
-    _run(["openssl", "x509", "-req", "-in", str(state / "tls.csr"),
-          "-CA", str(state / "tls-ca.pem"), "-CAkey", str(state / "tls-ca.key"),
-          "-CAcreateserial", "-days", "825",
-          "-extfile", str(ext), "-out", str(state / "tls-cert.pem")])  # fmt: skip
+    run(["openssl", "x509", "-req", "-in", str(state / "tls.csr"),
+         "-CA", str(state / "tls-ca.pem"), "-CAkey", str(state / "tls-ca.key"),
+         "-CAcreateserial", "-days", "825",
+         "-extfile", str(ext), "-out", str(state / "tls-cert.pem")])  # fmt: skip
 
 
 def _pid(state: Path, name: str) -> int | None:
@@ -188,43 +183,37 @@ def _pid(state: Path, name: str) -> int | None:
         pid = int((state / f"{name}.pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if proc_alive(pid, name) else None
+    return pid if process_alive(pid, name) else None  # its own, not a reused PID
 
 
 def _spawn(state: Path, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with (state / f"{name}.log").open("ab") as out:
-        proc = subprocess.Popen(  # setsid: own session and process group, outlives this script
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, **env}, start_new_session=True, cwd=state,
-        )  # fmt: skip
+    """Start `name` in a session (and process group) of its own: it outlives this script."""
+    proc = spawn(argv, state / f"{name}.log", env={**os.environ, **env}, cwd=state)
     (state / f"{name}.pid").write_text(f"{proc.pid}\n")
     return proc
 
 
-def _wait(proc: subprocess.Popen[bytes], ready: Any, state: Path, name: str) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < WAIT_S:
+def _wait(
+    proc: subprocess.Popen[bytes], ready: Callable[[], object], state: Path, name: str
+) -> None:
+    """Wait (bounded) until `ready()` answers; a process that exits meanwhile is an error."""
+
+    def answers() -> bool:
         if proc.poll() is not None:
             tail = (state / f"{name}.log").read_text(errors="replace")[-1500:]
             raise PebbleError(
                 f"{name} exited while starting; its log ({state}/{name}.log):\n{tail}"
             )
         try:
-            if ready():
-                return
+            return bool(ready())
         except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.3)
-    raise PebbleError(f"{name} not ready after {WAIT_S:.0f} s; see {state}/{name}.log")
+            return False
+
+    wait_for(answers, WAIT_S, f"{name} to answer (see {state}/{name}.log)")
 
 
 def _https_context(state: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(state / "tls-ca.pem"))
-
-
-def _tcp_open(address: str, port: int) -> bool:
-    with socket.create_connection((address, port), timeout=1):
-        return True
 
 
 def _get(url: str, state: Path) -> bytes:
@@ -253,8 +242,7 @@ def _post(url: str, payload: dict[str, Any]) -> None:
 
 
 def _address_present(address: str) -> bool:
-    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True)
-    return f" {address}/" in out.stdout
+    return f" {address}/" in run(["ip", "-4", "-o", "addr", "show"], check=False).stdout
 
 
 def fetch_root(state: Path, address: str) -> Path:
@@ -264,14 +252,11 @@ def fetch_root(state: Path, address: str) -> Path:
 
 
 def start(records: list[tuple[str, str]], state: Path, address: str) -> None:
-    for binary in ("pebble", "pebble-challtestsrv", "openssl"):
-        if shutil.which(binary) is None:
-            pkg = "openssl" if binary == "openssl" else "pebble"
-            raise PebbleError(f"{binary} is not installed: apt-get install {pkg}")
+    ensure_host_packages(["pebble", "pebble-challtestsrv", "openssl"])  # the sandbox's list
     if not _address_present(address):
         raise PebbleError(
             f"the sandbox bridge address {address} is not on this machine: bring the sandbox "
-            "up first (python3 tools/sandbox.py up)"
+            "up first (python3 -m tools.sandbox up)"
         )
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     ensure_tls(state, address)
@@ -279,7 +264,7 @@ def start(records: list[tuple[str, str]], state: Path, address: str) -> None:
     if _pid(state, "pebble-challtestsrv") is None:
         proc = _spawn(state, "pebble-challtestsrv", challtestsrv_argv(address), {})
         log(f"started pebble-challtestsrv (pid {proc.pid}), DNS on {address}:{DNS_PORT}")
-        _wait(proc, lambda: _tcp_open(address, DNS_MGMT_PORT), state, "pebble-challtestsrv")
+        _wait(proc, lambda: port_open(address, DNS_MGMT_PORT), state, "pebble-challtestsrv")
     else:
         log("pebble-challtestsrv already running")
     add_a_records(records, address)
@@ -301,17 +286,7 @@ def stop(state: Path) -> None:
         pid = _pid(state, name)
         if pid is None:
             continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + STOP_WAIT_S
-        while proc_alive(pid, name) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if proc_alive(pid, name):
-            log(f"{name} (pid {pid}) ignored SIGTERM for {STOP_WAIT_S:.0f} s: SIGKILL")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        stop_process(pid, STOP_WAIT_S, group=True)
         log(f"stopped {name} (pid {pid})")
     if state.exists():
         shutil.rmtree(state)
@@ -363,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             if _pid(STATE, "pebble") is None:
                 raise PebbleError("pebble is not running: run `tools/pebble.py start` first")
             print(fetch_root(STATE, ADDRESS))
-    except PebbleError as exc:
+    except SandboxError as exc:  # PebbleError, or a command or package install that failed
         log(str(exc))
         return 1
     return 0

@@ -1,6 +1,6 @@
 """Print how to reach the service `make sandbox` just converged, and check it.
 
-Reads the sandbox VMs (tools/sandbox.py status) and the sandbox inventory's
+Reads the sandbox VMs (python3 -m tools.sandbox status) and the sandbox inventory's
 slipway_domains, asks https://<name>/health/ready through nginx with the
 certificate verified against Pebble's root, and prints a curl line to repeat it.
 """
@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     status = subprocess.run(
-        [sys.executable, str(REPO / "tools/sandbox.py"), "status", "--json"],
+        [sys.executable, "-m", "tools.sandbox", "status", "--json"],
+        cwd=REPO,
         capture_output=True,
         text=True,
         check=True,
@@ -50,7 +51,7 @@ def main() -> int:
         print(f"  {vm['name']:<16} {vm['address']:<14} {vm['state']:<9} {','.join(vm['groups'])}")
     print(f"  readiness through nginx: HTTP {probe.stdout or probe.stderr.strip()}")
     print(f"  try it:  {curl}")
-    print(f"  a VM:    python3 tools/sandbox.py ssh {lb['name']}")
+    print(f"  a VM:    python3 -m tools.sandbox ssh {lb['name']}")
     print("  remove:  make sandbox-down")
     return 0 if probe.stdout == "200" else 1
 

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("listeners", REPO / "plugins/filter/listeners.py")
-assert _spec and _spec.loader
-listeners_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(listeners_mod)
+from plugins.filter import listeners as listeners_mod
 
 # Captured on a converged sandbox VM, plus a foreign web server and an unnamed socket.
 SS = """\

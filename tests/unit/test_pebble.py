@@ -1,27 +1,14 @@
-"""tools/pebble.py: argument parsing, config, inventory reading and process checks."""
+"""tools/pebble.py: argument parsing, config, inventory reading; its process, port and
+package helpers are the sandbox's (tools/sandbox/host.py, tested in test_sandbox_logic.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("slipway_pebble", REPO / "tools" / "pebble.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["slipway_pebble"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-pebble = _load()
+from tools import pebble
+from tools.sandbox import host
 
 
 def test_parse_domain_accepts_name_and_ipv4() -> None:
@@ -85,21 +72,27 @@ def test_domains_from_inventory_needs_domains() -> None:
         pebble.domains_from_inventory({"_meta": {"hostvars": {}}, "lb": {"hosts": ["x"]}})
 
 
-def _fake_proc(root: Path, pid: int, state: str, cmd: str) -> None:
-    d = root / str(pid)
-    d.mkdir()
-    (d / "stat").write_text(f"{pid} (my prog) {state} 1 2 3\n")
-    (d / "cmdline").write_bytes(cmd.encode() + b"\0-config\0x\0")
+def test_a_pid_file_counts_only_while_its_program_runs(tmp_path: Path) -> None:
+    (tmp_path / "pebble.pid").write_text("1\n")  # PID 1 is not Pebble
+    assert pebble._pid(tmp_path, "pebble") is None
+    (tmp_path / "pebble.pid").write_text("garbage\n")
+    assert pebble._pid(tmp_path, "pebble") is None
 
 
-def test_proc_alive_checks_name_and_zombies(tmp_path: Path) -> None:
-    _fake_proc(tmp_path, 10, "S", "/usr/bin/pebble")
-    _fake_proc(tmp_path, 11, "Z", "/usr/bin/pebble")
-    _fake_proc(tmp_path, 12, "S", "/usr/bin/sshd")
-    assert pebble.proc_alive(10, "pebble", tmp_path)
-    assert not pebble.proc_alive(11, "pebble", tmp_path)
-    assert not pebble.proc_alive(12, "pebble", tmp_path)
-    assert not pebble.proc_alive(13, "pebble", tmp_path)
+def test_start_installs_pebble_through_the_sandbox_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[list[str]] = []
+
+    def ensure(commands: list[str]) -> list[str]:
+        asked.append(list(commands))
+        raise host.SandboxError("stop here")
+
+    monkeypatch.setattr(pebble, "ensure_host_packages", ensure)
+    with pytest.raises(host.SandboxError, match="stop here"):
+        pebble.start([], tmp_path, "10.231.0.1")
+    assert asked == [["pebble", "pebble-challtestsrv", "openssl"]]
+    assert all(command in host.HOST_PACKAGES for command in asked[0])
 
 
 def test_ca_bundle_without_state_says_what_to_do(

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -13,12 +10,7 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
-_PATH = Path(__file__).resolve().parents[2] / "plugins" / "modules" / "postgresql_app.py"
-_spec = importlib.util.spec_from_file_location("postgresql_app", _PATH)
-assert _spec and _spec.loader
-pga = importlib.util.module_from_spec(_spec)
-sys.modules["postgresql_app"] = pga
-_spec.loader.exec_module(pga)
+from plugins.modules import postgresql_app as pga
 
 # A verifier written by PostgreSQL 15.20 itself (Debian bookworm) for the password
 # "sandbox-db-7c1f0e9a4b2d": SELECT rolpassword FROM pg_authid after CREATE ROLE ... PASSWORD.

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import AnsibleRunner, needs_vms
 
 REPO = Path(__file__).resolve().parents[2]
-SANDBOX = [sys.executable, str(REPO / "tools" / "sandbox.py")]
+SANDBOX = [sys.executable, "-m", "tools.sandbox"]  # run with cwd=REPO
 CLUSTER = "preflight"
 NAME = "pf-aio"
 GROUPS = "lb,web,worker,db,redis,monitoring"
@@ -26,7 +26,7 @@ GROUPS = "lb,web,worker,db,redis,monitoring"
 
 def sandbox(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*SANDBOX, *args], capture_output=True, text=True, timeout=900, check=False
+        [*SANDBOX, *args], cwd=REPO, capture_output=True, text=True, timeout=900, check=False
     )
 
 

@@ -1,12 +1,9 @@
-"""tools/sandbox.py: its logic without root (unit), then the real thing on
-systemd-nspawn VMs (marked `vm`, in a cluster of its own): up, honest status,
-idempotent up, a crashed VM seen and restarted, and a `down` that leaves nothing
-behind."""
+"""tools/sandbox/ on real systemd-nspawn VMs (marked `vm`, in a cluster of its own): up,
+honest status, idempotent up, a crashed VM seen and restarted, and a `down` that leaves
+nothing behind. Its logic without root or VMs is tested in tests/unit/test_sandbox_logic.py."""
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -21,133 +18,7 @@ import pytest
 from tests.conftest import needs_vms
 
 REPO = Path(__file__).resolve().parents[2]
-SANDBOX = [sys.executable, str(REPO / "tools" / "sandbox.py")]
-
-_spec = importlib.util.spec_from_file_location("sandbox_cli", REPO / "tools" / "sandbox.py")
-assert _spec and _spec.loader
-sb = importlib.util.module_from_spec(_spec)
-sys.modules["sandbox_cli"] = sb
-_spec.loader.exec_module(sb)
-
-
-# --- unit: no root, no VM ----------------------------------------------------------------
-
-
-def up_args(*argv: str) -> argparse.Namespace:
-    return sb.parser().parse_args(["up", *argv])
-
-
-def test_up_defaults_to_the_all_in_one_vm_of_the_sandbox_cluster() -> None:
-    args = up_args()
-    assert args.cluster == "sandbox"
-    assert sb.wanted_vms(args) == {
-        "slipway-aio": ["lb", "web", "worker", "db", "redis", "monitoring"]
-    }
-    assert sb.inventory_path(args) == REPO / "inventories" / "sandbox" / "hosts.yml"
-
-
-def test_split_topology_has_three_vms() -> None:
-    assert sb.wanted_vms(up_args("--topology", "split")) == {
-        "slipway-lb": ["lb", "monitoring"],
-        "slipway-app": ["web", "worker", "redis"],
-        "slipway-db": ["db"],
-    }
-
-
-def test_vm_specs_replace_the_topology_and_other_clusters_write_no_inventory() -> None:
-    args = up_args("--cluster", "molecule-x", "--vm", "a:web,db", "--vm=b")
-    assert sb.wanted_vms(args) == {"a": ["web", "db"], "b": []}
-    assert sb.inventory_path(args) is None
-    assert sb.inventory_path(up_args("--inventory", "-")) is None
-    assert sb.inventory_path(up_args("--cluster", "c", "--inventory", "/x.yml")) == Path("/x.yml")
-
-
-def test_a_vm_given_twice_is_refused() -> None:
-    with pytest.raises(sb.SandboxError, match="given twice"):
-        sb.wanted_vms(up_args("--vm", "a:web", "--vm", "a:db"))
-
-
-def test_addresses_do_not_collide_across_clusters() -> None:
-    state = sb.State()
-    first = sb.claim(state, "a", "one", ["web"])
-    second = sb.claim(state, "b", "two", ["db"])
-    again = sb.claim(state, "a", "one", ["web", "lb"])
-    assert (first.address, second.address) == ("10.231.0.10", "10.231.0.11")
-    assert again is first and again.groups == ["web", "lb"]
-    with pytest.raises(sb.SandboxError, match="belongs to cluster one"):
-        sb.claim(state, "a", "two", [])
-
-
-def test_inventory_carries_connection_vars_and_the_bridge_address() -> None:
-    yaml = pytest.importorskip("yaml")
-    vms = [sb.Vm("a", "c", "10.231.0.10", ["lb", "web"]), sb.Vm("b", "c", "10.231.0.11", ["db"])]
-    data = yaml.safe_load(sb.render_inventory(vms, Path("/k/id")))["all"]
-    assert data["vars"]["ansible_user"] == "root"
-    assert data["vars"]["ansible_python_interpreter"] == "/usr/bin/python3"
-    assert "UserKnownHostsFile=/dev/null" in data["vars"]["ansible_ssh_common_args"]
-    assert data["vars"]["slipway_sandbox_bridge_address"] == "10.231.0.1"
-    assert data["hosts"] == {
-        "a": {"ansible_host": "10.231.0.10"},
-        "b": {"ansible_host": "10.231.0.11"},
-    }
-    assert set(data["children"]["web"]["hosts"]) == {"a"}
-    assert data["children"]["redis"]["hosts"] == {}
-
-
-def test_only_the_mirror_on_80_443_is_forwarded_and_the_drop_comes_last() -> None:
-    rules = sb.iptables_rules(["192.0.2.7"])
-    forward = [rule for table, rule in rules if table == "filter"]
-    assert all(rule[-4:] == ["-m", "comment", "--comment", "slipway-sandbox"] for _, rule in rules)
-    assert "DROP" in forward[-1]
-    assert not any("DROP" in rule for rule in forward[:-1])
-    accepts = [rule for rule in forward if "-d" in rule]
-    assert accepts == [
-        [
-            "FORWARD",
-            *["-i", "slipbr0", "-d", "192.0.2.7", "-p", "tcp", "-m", "multiport"],
-            *["--dports", "80,443", "-j", "ACCEPT", "-m", "comment", "--comment"],
-            "slipway-sandbox",
-        ]
-    ]
-    nat = [rule for table, rule in rules if table == "nat"]
-    assert len(nat) == 1 and "MASQUERADE" in nat[0] and "192.0.2.7" in nat[0]
-    assert [t for t, _ in sb.iptables_rules([])].count("nat") == 0
-
-
-def test_vm_hosts_file_names_localhost_itself_and_the_mirrors() -> None:
-    text = sb.render_hosts("vm1", {"deb.debian.org": ["192.0.2.7", "192.0.2.8"]})
-    assert text.splitlines() == [
-        "127.0.0.1 localhost",
-        "127.0.1.1 vm1",
-        "::1 localhost ip6-localhost",
-        "192.0.2.7 deb.debian.org",
-    ]
-
-
-def test_apt_proxy_config_is_private() -> None:
-    conf = sb.acng_config(Path("/s/acng"))
-    assert "CacheDir: /s/acng/cache\n" in conf
-    assert "BindAddress: 10.231.0.1\n" in conf and "Port: 3142\n" in conf
-
-
-def test_the_base_is_rebuilt_when_its_recipe_or_the_host_cas_change() -> None:
-    hooks = sb.base_recipe("ssh-ed25519 AAAA test")
-    digest = sb.recipe_digest(hooks, [])
-    assert digest == sb.recipe_digest(list(hooks), [])
-    assert digest != sb.recipe_digest(hooks, ["-----BEGIN CERTIFICATE-----"])
-    assert digest != sb.recipe_digest(sb.base_recipe("ssh-ed25519 BBBB test"), [])
-
-
-@pytest.mark.parametrize(
-    "argv", [["status", "--cluster", "Bad_Name"], ["up", "--vm", "x:nosuch"], ["down"]]
-)
-def test_operator_errors_exit_2_with_one_sentence(
-    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(sb.os, "geteuid", lambda: 1000)
-    assert sb.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("sandbox: ") and "\n" not in err
+SANDBOX = [sys.executable, "-m", "tools.sandbox"]  # run with cwd=REPO
 
 
 # --- vm: real systemd-nspawn VMs -----------------------------------------------------------
@@ -162,7 +33,7 @@ vm = pytest.mark.vm
 
 def sandbox(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [*SANDBOX, *args], capture_output=True, text=True, timeout=timeout, check=False
+        [*SANDBOX, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert proc.returncode == 0, f"sandbox {' '.join(args)}: {proc.stderr[-2000:]}"
     return proc
@@ -200,11 +71,11 @@ def traces() -> list[str]:
 @pytest.fixture
 def cluster_args() -> Iterator[list[str]]:
     """`up` arguments for this test's cluster; the cluster is removed afterwards, always."""
-    subprocess.run([*SANDBOX, "down", "--cluster", CLUSTER], capture_output=True, check=False)
+    subprocess.run([*SANDBOX, "down", "--cluster", CLUSTER], cwd=REPO, capture_output=True)
     yield ["up", "--cluster", CLUSTER, "--inventory", "-", "--json"] + [
         f"--vm={name}:web" for name in NAMES
     ]
-    subprocess.run([*SANDBOX, "down", "--cluster", CLUSTER], capture_output=True, check=False)
+    subprocess.run([*SANDBOX, "down", "--cluster", CLUSTER], cwd=REPO, capture_output=True)
 
 
 # One test, in steps: the steps depend on each other, and pytest-xdist may hand separate
@@ -222,6 +93,7 @@ def test_up_status_crash_and_down_on_three_vms(cluster_args: list[str]) -> None:
     for name in NAMES:
         out = subprocess.run(
             [*SANDBOX, "ssh", name, "systemctl", "is-system-running"],
+            cwd=REPO,
             capture_output=True,
             text=True,
             timeout=30,
@@ -278,6 +150,7 @@ ISOLATED = {
 def isolated(*args: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [*SANDBOX, *args],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=900,

@@ -1,0 +1,1 @@
+"""Slipway's own tools: the sandbox VMs (tools.sandbox) and the local ACME CA (tools.pebble)."""
