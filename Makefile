@@ -22,8 +22,12 @@ PYTEST_ARGS ?=
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
+# uv is the one tool installed outside .venv, with pip; Debian's own python3 comes without
+# pip (python3-pip, no recommends: a few MB) and refuses pip installs unless told (PEP 668).
 $(VENV)/.synced: pyproject.toml uv.lock app/pyproject.toml
-	@command -v uv >/dev/null || $(PYTHON) -m pip install --quiet 'uv>=0.5'
+	@command -v uv >/dev/null || { $(PYTHON) -m pip --version >/dev/null 2>&1 \
+	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-pip; }; \
+	  PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet 'uv>=0.5'; }
 	uv sync --frozen --quiet
 	@touch $@
 
