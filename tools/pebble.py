@@ -39,17 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script (python3 tools/pebble.py): find `tools`
     sys.path.insert(0, str(REPO))
 
-from tools.sandbox.host import (  # noqa: E402  (after the path set-up above)
-    SandboxError,
-    ensure_host_packages,
-    port_open,
-    process_alive,
-    progress,
-    run,
-    spawn,
-    stop_process,
-    wait_for,
-)
+from tools.sandbox import host  # noqa: E402  (after the path set-up above)
 
 STATE = Path(os.environ.get("SLIPWAY_PEBBLE_STATE", "/var/lib/slipway-sandbox/pebble"))
 ADDRESS = os.environ.get("SLIPWAY_PEBBLE_ADDRESS", "10.231.0.1")
@@ -63,12 +53,12 @@ FQDN = re.compile(r"^(?=.{1,253}$)((?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)+[A-Za-z]{2,6
 IPV4 = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
 
 
-class PebbleError(SandboxError):
+class PebbleError(host.SandboxError):
     """A failure an operator can act on; main() prints it and exits 1."""
 
 
 def log(msg: str) -> None:
-    progress(f"pebble: {msg}")
+    host.progress(f"pebble: {msg}")
 
 
 # ---- pure helpers (unit-tested) -------------------------------------------------------------
@@ -138,12 +128,12 @@ def domains_from_inventory(data: dict[str, Any], group: str = "lb") -> list[tupl
     """(name, address) for every slipway_domains entry of every host in `group`."""
     hostvars = data.get("_meta", {}).get("hostvars", {})
     out: list[tuple[str, str]] = []
-    for host in _group_hosts(data, group):
-        hv = hostvars.get(host, {})
-        addr = str(hv.get("ansible_host", host))
+    for name in _group_hosts(data, group):
+        hv = hostvars.get(name, {})
+        addr = str(hv.get("ansible_host", name))
         domains = hv.get("slipway_domains", [])
         if not isinstance(domains, list):
-            raise PebbleError(f"host {host}: slipway_domains is not a list ({domains!r})")
+            raise PebbleError(f"host {name}: slipway_domains is not a list ({domains!r})")
         out += [parse_domain(f"{d}={addr}") for d in domains]
     if not out:
         raise PebbleError(f"no host of group {group!r} in the inventory has slipway_domains")
@@ -159,12 +149,12 @@ def ensure_tls(state: Path, address: str) -> None:
         return
     log(f"making Pebble's HTTPS certificate for {address} and localhost")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run(["openssl", "req", "-x509", *ec, "-days", "825", "-subj",
+    host.run(["openssl", "req", "-x509", *ec, "-days", "825", "-subj",
          "/CN=Slipway sandbox Pebble HTTPS CA", "-keyout", str(state / "tls-ca.key"),
          "-out", str(state / "tls-ca.pem"),
          "-addext", "basicConstraints=critical,CA:TRUE",
          "-addext", "keyUsage=critical,keyCertSign,cRLSign"])  # fmt: skip
-    run(["openssl", "req", *ec, "-subj", "/CN=pebble", "-keyout", str(state / "tls-key.pem"),
+    host.run(["openssl", "req", *ec, "-subj", "/CN=pebble", "-keyout", str(state / "tls-key.pem"),
          "-out", str(state / "tls.csr")])  # fmt: skip
     ext = state / "tls.ext"
     ext.write_text(
@@ -172,7 +162,7 @@ def ensure_tls(state: Path, address: str) -> None:
         "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
         "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
     )
-    run(["openssl", "x509", "-req", "-in", str(state / "tls.csr"),
+    host.run(["openssl", "x509", "-req", "-in", str(state / "tls.csr"),
          "-CA", str(state / "tls-ca.pem"), "-CAkey", str(state / "tls-ca.key"),
          "-CAcreateserial", "-days", "825",
          "-extfile", str(ext), "-out", str(state / "tls-cert.pem")])  # fmt: skip
@@ -183,12 +173,12 @@ def _pid(state: Path, name: str) -> int | None:
         pid = int((state / f"{name}.pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if process_alive(pid, name) else None  # its own, not a reused PID
+    return pid if host.process_alive(pid, name) else None  # its own, not a reused PID
 
 
 def _spawn(state: Path, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start `name` in a session (and process group) of its own: it outlives this script."""
-    proc = spawn(argv, state / f"{name}.log", env={**os.environ, **env}, cwd=state)
+    proc = host.spawn(argv, state / f"{name}.log", env={**os.environ, **env}, cwd=state)
     (state / f"{name}.pid").write_text(f"{proc.pid}\n")
     return proc
 
@@ -209,7 +199,7 @@ def _wait(
         except (OSError, urllib.error.URLError):
             return False
 
-    wait_for(answers, WAIT_S, f"{name} to answer (see {state}/{name}.log)")
+    host.wait_for(answers, WAIT_S, f"{name} to answer (see {state}/{name}.log)")
 
 
 def _https_context(state: Path) -> ssl.SSLContext:
@@ -242,7 +232,7 @@ def _post(url: str, payload: dict[str, Any]) -> None:
 
 
 def _address_present(address: str) -> bool:
-    return f" {address}/" in run(["ip", "-4", "-o", "addr", "show"], check=False).stdout
+    return f" {address}/" in host.run(["ip", "-4", "-o", "addr", "show"], check=False).stdout
 
 
 def fetch_root(state: Path, address: str) -> Path:
@@ -252,7 +242,7 @@ def fetch_root(state: Path, address: str) -> Path:
 
 
 def start(records: list[tuple[str, str]], state: Path, address: str) -> None:
-    ensure_host_packages(["pebble", "pebble-challtestsrv", "openssl"])  # the sandbox's list
+    host.ensure_host_packages(["pebble", "pebble-challtestsrv", "openssl"])  # the sandbox's list
     if not _address_present(address):
         raise PebbleError(
             f"the sandbox bridge address {address} is not on this machine: bring the sandbox "
@@ -264,7 +254,7 @@ def start(records: list[tuple[str, str]], state: Path, address: str) -> None:
     if _pid(state, "pebble-challtestsrv") is None:
         proc = _spawn(state, "pebble-challtestsrv", challtestsrv_argv(address), {})
         log(f"started pebble-challtestsrv (pid {proc.pid}), DNS on {address}:{DNS_PORT}")
-        _wait(proc, lambda: port_open(address, DNS_MGMT_PORT), state, "pebble-challtestsrv")
+        _wait(proc, lambda: host.port_open(address, DNS_MGMT_PORT), state, "pebble-challtestsrv")
     else:
         log("pebble-challtestsrv already running")
     add_a_records(records, address)
@@ -286,7 +276,7 @@ def stop(state: Path) -> None:
         pid = _pid(state, name)
         if pid is None:
             continue
-        stop_process(pid, STOP_WAIT_S, group=True)
+        host.stop_process(pid, STOP_WAIT_S, group=True)
         log(f"stopped {name} (pid {pid})")
     if state.exists():
         shutil.rmtree(state)
@@ -338,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             if _pid(STATE, "pebble") is None:
                 raise PebbleError("pebble is not running: run `tools/pebble.py start` first")
             print(fetch_root(STATE, ADDRESS))
-    except SandboxError as exc:  # PebbleError, or a command or package install that failed
+    except host.SandboxError as exc:  # PebbleError, or a command or package install that failed
         log(str(exc))
         return 1
     return 0

@@ -88,7 +88,7 @@ def test_start_installs_pebble_through_the_sandbox_list(
         asked.append(list(commands))
         raise host.SandboxError("stop here")
 
-    monkeypatch.setattr(pebble, "ensure_host_packages", ensure)
+    monkeypatch.setattr(host, "ensure_host_packages", ensure)
     with pytest.raises(host.SandboxError, match="stop here"):
         pebble.start([], tmp_path, "10.231.0.1")
     assert asked == [["pebble", "pebble-challtestsrv", "openssl"]]

@@ -9,17 +9,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from tools.sandbox.host import (
-    SandboxError,
-    modprobe,
-    port_open,
-    process_alive,
-    progress,
-    run,
-    spawn,
-    stop_process,
-    wait_for,
-)
+from tools.sandbox import host
 from tools.sandbox.state import (
     APT_PROXY_PORT,
     BRIDGE,
@@ -64,35 +54,40 @@ def iptables_rules(mirror_ips: list[str]) -> list[tuple[str, list[str]]]:
 def ensure_network(mirror_ips: list[str]) -> None:
     """The bridge with the host address, IP forwarding, and exactly our iptables rules."""
     if not Path(f"/sys/class/net/{BRIDGE}").exists():
-        progress(f"creating bridge {BRIDGE} {HOST_ADDRESS}/{NETWORK.prefixlen}")
-        modprobe("bridge")
-        if run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=False).returncode != 0:
-            raise SandboxError("cannot create a network bridge: the kernel lacks bridge support")
-        run(["ip", "addr", "add", f"{HOST_ADDRESS}/{NETWORK.prefixlen}", "dev", BRIDGE])
-    run(["ip", "link", "set", BRIDGE, "up"])
+        host.progress(f"creating bridge {BRIDGE} {HOST_ADDRESS}/{NETWORK.prefixlen}")
+        host.modprobe("bridge")
+        if host.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=False).returncode != 0:
+            raise host.SandboxError(
+                "cannot create a network bridge: the kernel lacks bridge support"
+            )
+        host.run(["ip", "addr", "add", f"{HOST_ADDRESS}/{NETWORK.prefixlen}", "dev", BRIDGE])
+    host.run(["ip", "link", "set", BRIDGE, "up"])
     forward, saved = Path("/proc/sys/net/ipv4/ip_forward"), STATE_DIR / "ip_forward.saved"
     if not saved.exists():  # restored by the last `down`
         saved.write_text(forward.read_text())
     forward.write_text("1\n")
     wanted = iptables_rules(mirror_ips)
     present = all(
-        run(["iptables", "-w", "-t", t, "-C", *r], check=False).returncode == 0 for t, r in wanted
+        host.run(["iptables", "-w", "-t", t, "-C", *r], check=False).returncode == 0
+        for t, r in wanted
     )
     if present and len(tagged_rules()) == len(wanted):
         return
-    progress(f"iptables: forwarding from {BRIDGE} only to {', '.join(mirror_ips) or 'nowhere'}")
+    host.progress(
+        f"iptables: forwarding from {BRIDGE} only to {', '.join(mirror_ips) or 'nowhere'}"
+    )
     remove_rules()  # order matters (the DROP comes last): write them all again
     position = {"FORWARD": 0, "POSTROUTING": 0}
     for table, (chain, *spec) in wanted:
         position[chain] += 1  # at the top, ahead of any rule of the host's own
-        run(["iptables", "-w", "-t", table, "-I", chain, str(position[chain]), *spec])
+        host.run(["iptables", "-w", "-t", table, "-I", chain, str(position[chain]), *spec])
 
 
 def tagged_rules() -> list[tuple[str, list[str]]]:
     """(table, `-A ...` words) for every iptables rule the sandbox added."""
     found = []
     for table in ("filter", "nat"):
-        listing = run(["iptables", "-w", "-t", table, "-S"], check=False).stdout
+        listing = host.run(["iptables", "-w", "-t", table, "-S"], check=False).stdout
         for line in listing.splitlines():
             words = [word.strip('"') for word in line.split()]
             if any(a == "--comment" and b == RULE_TAG for a, b in itertools.pairwise(words)):
@@ -102,13 +97,13 @@ def tagged_rules() -> list[tuple[str, list[str]]]:
 
 def remove_rules() -> None:
     for table, words in tagged_rules():
-        run(["iptables", "-w", "-t", table, "-D", *words[1:]], check=False)
+        host.run(["iptables", "-w", "-t", table, "-D", *words[1:]], check=False)
 
 
 def remove_network() -> None:
     remove_rules()
     if Path(f"/sys/class/net/{BRIDGE}").exists():
-        run(["ip", "link", "del", BRIDGE], check=False)
+        host.run(["ip", "link", "del", BRIDGE], check=False)
     saved = STATE_DIR / "ip_forward.saved"
     if saved.exists():
         Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
@@ -129,7 +124,7 @@ def apt_proxy_pid() -> int:
     pidfile = STATE_DIR / "acng" / "pid"
     with contextlib.suppress(OSError, ValueError):
         pid = int(pidfile.read_text().strip())
-        if process_alive(pid, str(STATE_DIR / "acng" / "conf")):
+        if host.process_alive(pid, str(STATE_DIR / "acng" / "conf")):
             return pid
     return 0
 
@@ -138,8 +133,8 @@ def ensure_apt_proxy() -> None:
     if apt_proxy_pid():
         return
     acng = STATE_DIR / "acng"
-    if port_open(HOST_ADDRESS, APT_PROXY_PORT):
-        raise SandboxError(
+    if host.port_open(HOST_ADDRESS, APT_PROXY_PORT):
+        raise host.SandboxError(
             f"port {APT_PROXY_PORT} on {HOST_ADDRESS} is taken by a process the sandbox did not "
             "start (a stock apt-cacher-ng service?): stop it and run up again"
         )
@@ -150,15 +145,17 @@ def ensure_apt_proxy() -> None:
         (acng / sub).mkdir(parents=True, exist_ok=True)
     (conf / "backends_debian").write_text("http://deb.debian.org/debian/\n")
     (conf / "zz_slipway.conf").write_text(acng_config(acng))
-    progress(f"starting apt-cacher-ng on {HOST_ADDRESS}:{APT_PROXY_PORT}")
-    proc = spawn(["/usr/sbin/apt-cacher-ng", "-c", str(conf)], acng / "log" / "stdout.log")
+    host.progress(f"starting apt-cacher-ng on {HOST_ADDRESS}:{APT_PROXY_PORT}")
+    proc = host.spawn(["/usr/sbin/apt-cacher-ng", "-c", str(conf)], acng / "log" / "stdout.log")
     (acng / "pid").write_text(f"{proc.pid}\n")
-    wait_for(lambda: port_open(HOST_ADDRESS, APT_PROXY_PORT), 10, "apt-cacher-ng to listen")
+    host.wait_for(
+        lambda: host.port_open(HOST_ADDRESS, APT_PROXY_PORT), 10, "apt-cacher-ng to listen"
+    )
 
 
 def stop_apt_proxy() -> None:
     pid = apt_proxy_pid()
     if pid:
-        progress(f"stopping apt-cacher-ng (pid {pid})")
-        stop_process(pid, 5)
+        host.progress(f"stopping apt-cacher-ng (pid {pid})")
+        host.stop_process(pid, 5)
     (STATE_DIR / "acng" / "pid").unlink(missing_ok=True)

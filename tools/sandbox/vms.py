@@ -11,15 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-from tools.sandbox.host import (
-    SandboxError,
-    process_alive,
-    progress,
-    run,
-    spawn,
-    stop_process,
-    wait_for,
-)
+from tools.sandbox import host
 from tools.sandbox.state import BRIDGE, HOST_ADDRESS, NETWORK, STATE_DIR, Vm
 
 BOOT_TIMEOUT_S = 60.0
@@ -29,7 +21,7 @@ STOP_TIMEOUT_S = 10.0
 
 def nspawn_alive(vm: Vm) -> bool:
     """The VM's nspawn process runs (not a zombie, and not a PID reused by something else)."""
-    return bool(vm.pid) and process_alive(vm.pid, f"--machine={vm.name}")
+    return bool(vm.pid) and host.process_alive(vm.pid, f"--machine={vm.name}")
 
 
 def cgroup_pids(path: Path) -> list[int]:
@@ -44,7 +36,7 @@ def cgroup_pids(path: Path) -> list[int]:
 def kill_cgroup(path: Path) -> None:
     """SIGKILL whatever is left in a VM's cgroup, and wait (bounded) until it is gone."""
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while (pids := [p for p in cgroup_pids(path) if process_alive(p)]) and (
+    while (pids := [p for p in cgroup_pids(path) if host.process_alive(p)]) and (
         time.monotonic() < deadline
     ):
         for pid in pids:
@@ -85,8 +77,8 @@ def in_vm(vm: Vm, command: list[str], timeout: float = 10) -> str:
     if not leader:
         return ""
     argv = ["nsenter", "-t", str(leader), "-m", "-u", "-i", "-n", "-p", *command]
-    with contextlib.suppress(SandboxError):
-        return run(argv, check=False, timeout=timeout).stdout.strip()
+    with contextlib.suppress(host.SandboxError):
+        return host.run(argv, check=False, timeout=timeout).stdout.strip()
     return ""
 
 
@@ -103,7 +95,7 @@ def prepare_vm(vm: Vm, mirrors: dict[str, list[str]]) -> None:
         (vm.dir / sub).mkdir(parents=True, exist_ok=True)
     if not os.path.ismount(vm.root):
         layers = f"lowerdir={STATE_DIR / 'base'},upperdir={vm.dir}/upper,workdir={vm.dir}/work"
-        run(["mount", "-t", "overlay", "overlay", "-o", layers, str(vm.root)])
+        host.run(["mount", "-t", "overlay", "overlay", "-o", layers, str(vm.root)])
     (vm.root / "etc" / "hostname").write_text(f"{vm.name}\n")
     network = vm.root / "etc" / "systemd" / "network"
     network.mkdir(parents=True, exist_ok=True)
@@ -125,7 +117,7 @@ def make_host_keys(vms: list[Vm]) -> None:
         for kind in ("ed25519", "ecdsa"):
             path = vm.root / "etc" / "ssh" / f"ssh_host_{kind}_key"
             if not path.exists():
-                run(
+                host.run(
                     [
                         "ssh-keygen",
                         "-q",
@@ -160,7 +152,7 @@ def boot_vm(vm: Vm) -> None:
     argv = ["systemd-nspawn", "-q", "-D", str(vm.root), "--boot", f"--machine={vm.name}"]
     argv += ["--register=no", "--keep-unit", f"--network-bridge={BRIDGE}", "--console=passive"]
     # preexec_fn is safe here: this process has no other threads.
-    vm.pid = spawn(argv, vm.dir / "console.log", preexec_fn=enter_cgroups).pid
+    vm.pid = host.spawn(argv, vm.dir / "console.log", preexec_fn=enter_cgroups).pid
 
 
 def boot_problem(vm: Vm) -> str | None:
@@ -193,9 +185,11 @@ def wait_ready(vms: list[Vm], key: Path) -> None:
                 problems.append(problem)
                 continue
             try:
-                wait_for(functools.partial(ssh_ok, vm, key), SSH_TIMEOUT_S, f"SSH on {vm.name}")
-                progress(f"{vm.name}: running, SSH up")
-            except SandboxError as exc:
+                host.wait_for(
+                    functools.partial(ssh_ok, vm, key), SSH_TIMEOUT_S, f"SSH on {vm.name}"
+                )
+                host.progress(f"{vm.name}: running, SSH up")
+            except host.SandboxError as exc:
                 problems.append(str(exc))
         time.sleep(0.2 if pending else 0)
     problems += [
@@ -203,7 +197,7 @@ def wait_ready(vms: list[Vm], key: Path) -> None:
         for vm in pending
     ]
     if problems:
-        raise SandboxError("; ".join(problems) + ": see `status`, `ssh` or console.log")
+        raise host.SandboxError("; ".join(problems) + ": see `status`, `ssh` or console.log")
 
 
 def halt_vm(vm: Vm) -> None:
@@ -214,14 +208,14 @@ def halt_vm(vm: Vm) -> None:
     killed from there (which also takes its network namespace and veth away).
     """
     if nspawn_alive(vm):
-        stop_process(vm.pid, STOP_TIMEOUT_S)
+        host.stop_process(vm.pid, STOP_TIMEOUT_S)
     vm.pid = 0
     kill_cgroup(vm.cgroups[0])
     veth = f"vb-{vm.name}"
     if len(veth) <= 15 and Path(f"/sys/class/net/{veth}").exists():
-        run(["ip", "link", "del", veth], check=False)
-    if os.path.ismount(vm.root) and run(["umount", str(vm.root)], check=False).returncode != 0:
-        run(["umount", "-l", str(vm.root)], check=False)
+        host.run(["ip", "link", "del", veth], check=False)
+    if os.path.ismount(vm.root) and host.run(["umount", str(vm.root)], check=False).returncode != 0:
+        host.run(["umount", "-l", str(vm.root)], check=False)
     shutil.rmtree(f"/run/systemd/nspawn/propagate/{vm.name}", ignore_errors=True)
     for d in vm.cgroups:
         remove_cgroup(d)
@@ -233,15 +227,15 @@ def request_halt(vms: list[Vm]) -> None:
     for vm in running:
         with contextlib.suppress(ProcessLookupError):
             os.kill(vm.pid, signal.SIGTERM)
-    with contextlib.suppress(SandboxError):
-        wait_for(lambda: not any(map(nspawn_alive, running)), STOP_TIMEOUT_S, "VMs to halt")
+    with contextlib.suppress(host.SandboxError):
+        host.wait_for(lambda: not any(map(nspawn_alive, running)), STOP_TIMEOUT_S, "VMs to halt")
 
 
 def destroy_vms(vms: list[Vm]) -> None:
     """Halt VMs (in parallel) and remove everything of theirs, disks included."""
     request_halt(vms)
     for vm in vms:
-        progress(f"{vm.name}: halted; removing")
+        host.progress(f"{vm.name}: halted; removing")
         halt_vm(vm)  # SIGKILL for any that did not halt; cgroups, overlay
         shutil.rmtree(vm.dir, ignore_errors=True)
 
@@ -253,4 +247,4 @@ def ssh_argv(vm: Vm, key: Path) -> list[str]:
 
 
 def ssh_ok(vm: Vm, key: Path) -> bool:
-    return run([*ssh_argv(vm, key), "true"], check=False, timeout=10).returncode == 0
+    return host.run([*ssh_argv(vm, key), "true"], check=False, timeout=10).returncode == 0
