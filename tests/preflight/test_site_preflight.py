@@ -20,37 +20,46 @@ REPO = Path(__file__).resolve().parents[2]
 ALL_GROUPS = ("lb", "web", "worker", "db", "redis", "monitoring")
 
 
-def inventory(tmp_path: Path, groups: dict[str, list[str]], **overrides: Any) -> Path:
+def inventory(
+    tmp_path: Path,
+    groups: dict[str, list[str]],
+    host_vars: dict[str, dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> Path:
     inv = tmp_path / "inventory"
     shutil.copytree(REPO / "inventories/sandbox/group_vars", inv / "group_vars")
     hosts = sorted({h for members in groups.values() for h in members})
     data = {
         "all": {
             "vars": {"ansible_host": "127.0.0.1", "ansible_port": 1},
-            "hosts": {h: {} for h in hosts},
+            "hosts": {h: (host_vars or {}).get(h, {}) for h in hosts},
             "children": {g: {"hosts": {h: {} for h in m}} for g, m in groups.items()},
         }
     }
     (inv / "hosts.yml").write_text(yaml.safe_dump(data))
     secrets = inv / "group_vars/all/secrets.yml"
     values = yaml.safe_load(secrets.read_text())
+    extra = {}
     for key, value in overrides.items():
         if value is None:
             values.pop(key, None)
         elif key.startswith("vault_"):
             values[key] = value
         else:
-            (inv / "group_vars/all/zz_test.yml").write_text(yaml.safe_dump({key: value}))
+            extra[key] = value
+    if extra:
+        (inv / "group_vars/all/zz_test.yml").write_text(yaml.safe_dump(extra))
     secrets.write_text(yaml.safe_dump(values))
     return inv
 
 
-def site(ansible: AnsibleRunner, inv: Path) -> subprocess.CompletedProcess[str]:
+def site(ansible: AnsibleRunner, inv: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return ansible(
         "ansible-playbook",
         "-i",
         str(inv),
         "site.yml",
+        *args,
         env={"ANSIBLE_SSH_ARGS": "-o ConnectTimeout=2"},
     )
 
@@ -123,3 +132,30 @@ def test_bad_input_stops_in_preflight(
     # nothing after the inventory checks ran, and no host was contacted
     assert "PLAY [Preflight on the hosts]" not in out
     assert "UNREACHABLE" not in out
+
+
+# Peers' firewalls and pg_hba name each host by its slipway_private_address, which
+# must be known without contacting the host: also for a host outside --limit.
+SPLIT = {"lb": ["edge"], **{g: ["aio"] for g in ALL_GROUPS if g != "lb"}}
+NAMED = {"edge": {"ansible_host": "edge.example.com"}}
+
+
+def test_unknown_private_address_stops_in_preflight_under_limit(
+    tmp_path: Path, ansible: AnsibleRunner
+) -> None:
+    proc = site(ansible, inventory(tmp_path, SPLIT, host_vars=NAMED), "--limit", "aio")
+    flat = " ".join(proc.stdout.split())
+    assert proc.returncode != 0
+    assert "The private address of edge is unknown" in flat, proc.stdout[-3000:]
+    assert "Set slipway_private_address" in flat
+    assert "PLAY [Preflight on the hosts]" not in proc.stdout
+    assert "UNREACHABLE" not in proc.stdout
+
+
+def test_private_address_set_by_hand_passes_preflight(
+    tmp_path: Path, ansible: AnsibleRunner
+) -> None:
+    named = {"edge": {**NAMED["edge"], "slipway_private_address": "10.0.0.5"}}
+    proc = site(ansible, inventory(tmp_path, SPLIT, host_vars=named), "--limit", "aio")
+    assert "is unknown" not in proc.stdout, proc.stdout[-3000:]
+    assert "PLAY [Preflight on the hosts]" in proc.stdout
