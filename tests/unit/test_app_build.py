@@ -1,0 +1,175 @@
+"""Two app builds from one checkout at the same moment (CI's parallel Molecule scenarios, two
+operators) both succeed and leave a valid bundle: the app role's build tasks run twice at once
+against localhost, into one private build directory. Needs uv on PATH and PyPI for pip.
+
+The two runs are interleaved on purpose, not left to timing. pip runs through PIP_STEP (the
+role's `app_build_pip`), which downloads into a scratch directory and then writes into pip's
+`-d` directory. The second run writes half of its first wheel there, as a download still in
+progress, and holds it until the first run has finished; the first run's pip waits until the
+second run is holding. A build that shares its wheelhouse directory with another run packs the
+half-written wheel; one that works privately and publishes by rename does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shutil
+import sys
+import tarfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, AnsibleRunner
+
+pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv on PATH")
+
+PLAYBOOK = """\
+- name: Build the app on the controller
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+  tasks:
+    - name: Run the app role's build tasks
+      ansible.builtin.include_role:
+        name: app
+        tasks_from: build
+        public: true
+    - name: Write the facts the rest of the role uses
+      changed_when: false  # scaffolding: the third run's changed=0 is the build's alone
+      ansible.builtin.copy:
+        dest: "{{ facts_out }}"
+        mode: "0644"
+        content: >-
+          {{ {'release_id': _app_release_id, 'wheel_name': _app_wheel_name,
+              'wheel_file': _app_wheel_file, 'wheelhouse': _app_wheelhouse,
+              'bundle_dir': _app_bundle_dir} | to_json }}
+"""
+
+
+# argv: ROLE (first or second), SIGNALS (a directory), then pip's own arguments. Like pip, it
+# keeps a file that is already in the -d directory.
+PIP_STEP = """\
+import os, subprocess, sys, tempfile, time
+role, signals, *args = sys.argv[1:]
+holding = os.path.join(signals, "second-is-writing")
+first_done = os.path.join(signals, "first.json")
+deadline = time.monotonic() + 180
+def wait_for(path):
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+at = args.index("-d")
+dest = args[at + 1]
+with tempfile.TemporaryDirectory() as scratch:
+    args[at + 1] = scratch
+    subprocess.run(["uv", "tool", "run", "pip", *args], check=True)
+    os.makedirs(dest, exist_ok=True)  # as pip does
+    names = sorted(os.listdir(scratch))
+    if role == "second":
+        with open(os.path.join(scratch, names[0]), "rb") as src:
+            data = src.read()
+        with open(os.path.join(dest, names[0]), "wb") as out:
+            out.write(data[: len(data) // 2])
+            out.flush()
+            open(holding, "w").close()
+            wait_for(first_done)
+            out.write(data[len(data) // 2 :])
+        names = names[1:]
+    else:
+        wait_for(holding)
+    for name in names:
+        if os.path.exists(os.path.join(dest, name)):
+            continue  # as pip does: "File was already downloaded"
+        with open(os.path.join(scratch, name), "rb") as src:
+            data = src.read()
+        with open(os.path.join(dest, name), "wb") as out:
+            out.write(data)
+"""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_two_concurrent_builds_both_make_a_valid_bundle(
+    ansible: AnsibleRunner, tmp_path: Path
+) -> None:
+    playbook = tmp_path / "build.yml"
+    playbook.write_text(PLAYBOOK)
+    pip_step = tmp_path / "pip_step.py"
+    pip_step.write_text(PIP_STEP)
+    build_dir = tmp_path / "app-build"
+
+    def build(name: str) -> tuple[int, str, dict[str, str]]:
+        out = tmp_path / f"{name}.json"
+        extra = {
+            "app_build_dir": str(build_dir),
+            "app_project_dir": str(REPO),
+            "app_build_pip": [sys.executable, str(pip_step), name, str(tmp_path)],
+            "facts_out": str(out),
+        }
+        result = ansible(
+            "ansible-playbook", "-i", "localhost,", str(playbook), "-e", json.dumps(extra),
+            timeout=600,
+        )  # fmt: skip
+        facts = json.loads(out.read_text()) if out.exists() else {}
+        return result.returncode, result.stdout + result.stderr, facts
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(pool.map(build, ["first", "second"]))
+    for rc, output, _ in runs:
+        assert rc == 0, output[-4000:]
+
+    first, second = runs[0][2], runs[1][2]
+    assert first == second, (first, second)
+    release_id, wheel_name = first["release_id"], first["wheel_name"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*-[0-9a-f]{12}", release_id), release_id
+    assert Path(first["wheel_file"]).is_file()
+    assert Path(first["wheelhouse"], ".complete").is_file()
+
+    bundle = Path(first["bundle_dir"]) / f"{release_id}.tar"
+    contents: dict[str, bytes] = {}
+    with tarfile.open(bundle) as tar:  # raises if it is not a complete archive
+        for member in tar.getmembers():
+            handle = tar.extractfile(member) if member.isfile() else None
+            if handle is not None:
+                contents[member.name.removeprefix("./")] = handle.read()
+    wheel_bytes, requirements_bytes = contents[wheel_name], contents["requirements.txt"]
+
+    # The release id is the version and 12 hex digits of sha256(wheel sha + requirements sha).
+    version = wheel_name.split("-")[1]
+    digest = _sha256((_sha256(wheel_bytes) + _sha256(requirements_bytes)).encode())
+    assert release_id == f"{version}-{digest[:12]}"
+    # One wheel per pin in the wheelhouse, besides the app's wheel and the requirements.
+    pins = [
+        line.split(";")[0].strip()
+        for line in requirements_bytes.decode().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    wheelhouse = sorted(set(contents) - {wheel_name, "requirements.txt"})
+    assert len(wheelhouse) == len(pins) > 10, (pins, wheelhouse)
+    # Every wheel is whole: a zip whose members all pass their CRC check.
+    for name in [wheel_name, *wheelhouse]:
+        assert name.endswith(".whl"), name
+        try:
+            with zipfile.ZipFile(io.BytesIO(contents[name])) as wheel_zip:
+                damaged = wheel_zip.testzip()
+        except zipfile.BadZipFile as exc:
+            damaged = str(exc)
+        assert damaged is None, f"{name} in the bundle {bundle.name} is damaged: {damaged}"
+    # Nothing is left half-made: no work directory, one bundle, no stray temporary file.
+    assert list((build_dir / "tmp").iterdir()) == []
+    assert sorted(p.name for p in (build_dir / "bundles").iterdir()) == [f"{release_id}.tar"]
+
+    # A third run finds everything in the cache: same release, nothing added.
+    rc, output, third = build("third")
+    assert rc == 0, output[-4000:]
+    assert third == first
+    assert re.search(r"localhost\s*: ok=\d+\s+changed=0 ", output), output[-2000:]
