@@ -22,8 +22,9 @@ module: app_bundle
 short_description: Build a uv workspace member into a release bundle (wheel, pins, wheelhouse)
 description:
   - Builds the wheel of O(package) with C(uv build) and exports the pins of C(uv.lock) with
-    C(uv export --frozen --no-dev --no-emit-workspace --no-hashes), then derives the release id
-    C(<version>-<sha256(wheel sha256 + requirements sha256)[:12]>).
+    C(uv export --frozen --no-dev --no-emit-workspace --no-hashes), then derives the release id,
+    the version, a dash, and the first 12 hex digits of the sha256 of the wheel's sha256
+    followed by the requirements' sha256, as in C(0.1.0-a3147dfd6461).
   - Downloads a wheelhouse of the pins (environment markers stripped, so every pin is fetched
     whatever the controller's Python) for O(python_version) and O(platforms) with
     C(pip download --no-deps --only-binary=:all:), and packs wheelhouse, wheel and
