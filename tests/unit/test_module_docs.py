@@ -5,6 +5,7 @@ suboptions). Modules are discovered, so one added later is covered without editi
 
 from __future__ import annotations
 
+import functools
 import json
 import runpy
 from typing import Any
@@ -58,6 +59,12 @@ def _is_text(value: Any) -> bool:
     )
 
 
+def _differs(problems: list[str], where: str, field: str, in_spec: Any, in_doc: Any) -> None:
+    """Add a line to problems when the spec's and the documentation's field differ."""
+    if in_spec != in_doc:
+        problems.append(f"{where}: {field} {in_spec!r} in the spec, {in_doc!r} documented")
+
+
 def compare(spec: dict[str, Any], doc_options: dict[str, Any], context: str = "") -> list[str]:
     """What differs between an argument spec and its documented options, one line each."""
     problems: list[str] = []
@@ -81,45 +88,29 @@ def compare(spec: dict[str, Any], doc_options: dict[str, Any], context: str = ""
                 f"{sorted({documented[0], *doc.get('aliases', [])})} documented"
             )
         spec_type = data.get("type", "str")
-        doc_type = doc.get("type")
-        if doc_type is None:
+        same = functools.partial(_differs, problems, where)
+        if doc.get("type") is None:
             problems.append(f"{where}: type {spec_type!r} is not documented")
-        elif doc_type != spec_type:
-            problems.append(f"{where}: type {spec_type!r} in the spec, {doc_type!r} documented")
-        try:
-            spec_default = _coerce(spec_type, data.get("default"))
-            doc_default = _coerce(spec_type, doc.get("default"))
-        except (TypeError, ValueError) as exc:
-            problems.append(f"{where}: a default does not fit type {spec_type!r}: {exc}")
         else:
-            if spec_default != doc_default:
-                problems.append(
-                    f"{where}: default {spec_default!r} in the spec, {doc_default!r} documented"
-                )
-        if bool(data.get("required", False)) != bool(doc.get("required", False)):
-            problems.append(
-                f"{where}: required={bool(data.get('required', False))} in the spec, "
-                f"required={bool(doc.get('required', False))} documented"
-            )
+            same("type", spec_type, doc["type"])
         try:
-            spec_choices = sorted(
-                map(str, (_coerce(spec_type, c) for c in data.get("choices", [])))
+            # Compared after the type's own coercion, as validate-modules does ("5432" == 5432).
+            same(
+                "default",
+                _coerce(spec_type, data.get("default")),
+                _coerce(spec_type, doc.get("default")),
             )
-            doc_choices = sorted(map(str, (_coerce(spec_type, c) for c in doc.get("choices", []))))
+            same(
+                "choices",
+                sorted(str(_coerce(spec_type, c)) for c in data.get("choices", [])),
+                sorted(str(_coerce(spec_type, c)) for c in doc.get("choices", [])),
+            )
         except (TypeError, ValueError) as exc:
-            problems.append(f"{where}: a choice does not fit type {spec_type!r}: {exc}")
-        else:
-            if spec_choices != doc_choices:
-                problems.append(
-                    f"{where}: choices {spec_choices} in the spec, {doc_choices} documented"
-                )
+            problems.append(f"{where}: a default or choice does not fit type {spec_type!r}: {exc}")
+        same("required", bool(data.get("required", False)), bool(doc.get("required", False)))
+        same("elements", data.get("elements"), doc.get("elements"))
         if spec_type == "list" and not data.get("elements"):
             problems.append(f"{where}: a list without elements in the spec")
-        if data.get("elements") != doc.get("elements"):
-            problems.append(
-                f"{where}: elements {data.get('elements')!r} in the spec, "
-                f"{doc.get('elements')!r} documented"
-            )
         if data.get("options") or doc.get("suboptions"):
             problems += compare(data.get("options") or {}, doc.get("suboptions") or {}, f"{where}.")
     for name, doc in doc_options.items():
@@ -182,7 +173,7 @@ def test_compare_finds_each_kind_of_difference() -> None:
         "mode: choices ['a', 'c'] in the spec, ['a', 'b'] documented",
         "tags: elements 'int' in the spec, 'str' documented",
         "name: names ['name', 'nm'] in the spec, ['n', 'name'] documented",
-        "name: required=False in the spec, required=True documented",
+        "name: required False in the spec, True documented",
         "extra: in the argument spec, not documented",
         "ghost: documented, not in the argument spec",
         "bad: description is not text",
