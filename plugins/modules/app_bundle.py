@@ -218,7 +218,12 @@ class Builder:
     def build(self, work: Path) -> dict[str, Any]:
         p = self.params
         check = self.module.check_mode
-        uv = self.module.get_bin_path("uv", required=True)
+        uv = self.module.get_bin_path("uv")
+        if uv is None:
+            self.module.fail_json(
+                msg="uv is not on the controller's PATH: run from the project's venv "
+                "(make venv; PATH=.venv/bin:$PATH) or install uv."
+            )
         self.run(
             [uv, "build", "--quiet", "--package", p["package"], "--wheel", "--out-dir", str(work)],
             "uv build",
