@@ -21,6 +21,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,8 +128,14 @@ OTHER_PHASES = [
 def test_dry_runs_and_the_configure_tag_on_a_bare_then_converged_vm(
     inventory: Path, ansible: AnsibleRunner
 ) -> None:
+    took: list[str] = []
+
     def playbook(*args: str) -> subprocess.CompletedProcess[str]:
-        return ansible("ansible-playbook", "-i", str(inventory), "site.yml", *args, timeout=1500)
+        start = time.monotonic()
+        proc = ansible("ansible-playbook", "-i", str(inventory), "site.yml", *args, timeout=1500)
+        took.append(f"site.yml {' '.join(args)}: {time.monotonic() - start:.0f} s")
+        print(took[-1])  # pytest -s shows how long each step took
+        return proc
 
     # 1. Bare host, dry run: no failure, nothing ignored, the changes listed, the host untouched.
     bare = playbook("--check", "--diff")
