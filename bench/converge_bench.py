@@ -11,6 +11,7 @@ removed at the end unless --keep. Needs root and the controller venv.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
@@ -100,13 +101,6 @@ def main() -> int:
     inventory.mkdir()
     shutil.copytree(REPO / "inventories/sandbox/group_vars", inventory / "group_vars")
     (inventory / "host_vars").mkdir()
-    (inventory / "host_vars" / f"{VM}.yml").write_text(
-        f"---\nslipway_domains: [{DOMAIN}]\n"
-        "# Gunicorn also on TCP so that the bench can reach it without nginx.\n"
-        "app_web_listen_tcp: true\n"
-        "# Let the load through: the per-IP limit would turn most of it into 429s.\n"
-        "nginx_rate_limit: false\n"
-    )
     try:
         log("booting a fresh VM")
         up = json.loads(
@@ -125,6 +119,19 @@ def main() -> int:
             ).stdout
         )
         address = up["vms"][0]["address"]
+        # The bench's own end of the bridge (.1), the only address let in to port 8000.
+        controller = ipaddress.ip_network(f"{address}/24", strict=False).network_address + 1
+        (inventory / "host_vars" / f"{VM}.yml").write_text(
+            f"---\nslipway_domains: [{DOMAIN}]\n"
+            "# Gunicorn also on TCP so that the bench can reach it without nginx; the\n"
+            "# peer-only firewall keeps 8000 closed on an all-in-one host, so open it to\n"
+            "# the bench's address alone.\n"
+            "app_web_listen_tcp: true\n"
+            "base_firewall_host_rules:\n"
+            f"  - {{name: bench, port: 8000, proto: tcp, sources: ['{controller}/32']}}\n"
+            "# Let the load through: the per-IP limit would turn most of it into 429s.\n"
+            "nginx_rate_limit: false\n"
+        )
         sh(
             [
                 sys.executable,
