@@ -15,7 +15,7 @@ from tools.sandbox import host
 from tools.sandbox.state import BRIDGE, HOST_ADDRESS, NETWORK, STATE_DIR, Vm
 
 BOOT_TIMEOUT_S = 60.0
-SSH_TIMEOUT_S = 20.0
+SSH_TIMEOUT_S = 60.0  # sshd may start late when the machine is loaded by other VMs
 STOP_TIMEOUT_S = 10.0
 
 
