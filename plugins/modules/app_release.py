@@ -375,7 +375,10 @@ def main() -> None:
     except ReleaseError as exc:
         module.fail_json(msg=str(exc), root=releases.root)
     except OSError as exc:
-        module.fail_json(msg=f"app_release state={state} under {releases.root} failed: {exc}.")
+        hint = " Run it as root (become: true)." if isinstance(exc, PermissionError) else ""
+        module.fail_json(
+            msg=f"app_release state={state} under {releases.root} failed: {exc}.{hint}"
+        )
     module.exit_json(**result)
 
 

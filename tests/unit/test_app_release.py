@@ -454,6 +454,19 @@ def test_pruned_finishes_a_killed_removal(root: Path) -> None:
     assert sorted(p.name for p in (root / "releases").iterdir()) == ["r1"]
 
 
+def test_an_os_error_is_a_sentence(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    install(root, "r1")
+
+    def denied(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(root / "deploy.log"))
+
+    monkeypatch.setattr(sr, "append_log", denied)
+    monkeypatch.setattr(app_release, "append_log", denied)
+    msg = fails(root, state="prepared", release="r1", metadata=META)
+    assert f"app_release state=prepared under {root} failed" in msg
+    assert "Permission denied" in msg and "become: true" in msg
+
+
 def test_pruned_keeps_at_least_two(root: Path) -> None:
     assert "keep at least 2" in fails(root, state="pruned", keep=1)
 
