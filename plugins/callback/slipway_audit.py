@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ansible import context
 from ansible.plugins.callback import CallbackBase
 from pythonjsonlogger.json import JsonFormatter
 
@@ -241,6 +242,7 @@ class CallbackModule(CallbackBase):
             "releases": {h: self._releases[h] for h in hosts if h in self._releases},
             "hosts": hosts,
             "result": "failed" if failed else "ok",
+            "check_mode": bool(context.CLIARGS.get("check", False)),
             "failed": {
                 h: self._failures.get(h, {"task": "", "msg": "unreachable or failed"})
                 for h in sorted(failed)
@@ -252,7 +254,8 @@ class CallbackModule(CallbackBase):
         self._write(path, line)
         self._display.display(
             f"audit: {self._action} {line['from']} -> {line['to']} on {len(hosts)} host(s): "
-            f"{line['result']} in {duration} s (log: {path})"
+            f"{line['result']}{' (check mode)' if line['check_mode'] else ''} in {duration} s "
+            f"(log: {path})"
         )
 
     def _write(self, path: Path, line: dict[str, Any]) -> None:

@@ -61,13 +61,14 @@ PLAYBOOK = """
 APP_RELEASE = """
 from ansible.module_utils.basic import AnsibleModule
 spec = {"state": {"type": "str"}, "release": {"type": "str"}, "previous": {"default": "r1"}}
-m = AnsibleModule(spec)
+m = AnsibleModule(spec, supports_check_mode=True)
 m.exit_json(changed=True, previous=m.params["previous"], release=m.params["release"])
 """
 
 APP_RESTART = """
 from ansible.module_utils.basic import AnsibleModule
-m = AnsibleModule({"unit": {"type": "str"}, "release_id": {"type": "str"}})
+spec = {"unit": {"type": "str"}, "release_id": {"type": "str"}}
+m = AnsibleModule(spec, supports_check_mode=True)
 m.exit_json(changed=True, release_id=m.params["release_id"])
 """
 
@@ -124,6 +125,7 @@ def test_deploy_writes_one_line(tmp_path: Path) -> None:
     assert line["releases"] == {h: {"from": "r1", "to": "r2"} for h in ("web1", "web2")}
     assert line["hosts"] == ["web1", "web2"]
     assert line["result"] == "ok"
+    assert line["check_mode"] is False
     assert line["failed"] == {}
     assert isinstance(line["duration_s"], float)
     # serial: 1, so web1's three events come before web2's, in task order
@@ -143,13 +145,14 @@ def test_deploy_writes_one_line(tmp_path: Path) -> None:
 
 
 def test_failed_rollback_names_the_host_and_its_first_failure(tmp_path: Path) -> None:
-    # web1 only restarts (its release comes from app_restart's loop results); web2 switches
-    # to r0, is switched back to r1 and then fails.
+    # In check mode: web1 only restarts (its release comes from app_restart's loop results);
+    # web2 switches to r0, is switched back to r1 and then fails.
     proc = run_playbook(
         tmp_path,
         "rollback.yml",
         *("-e", "release=r0 rollback_to=r0"),
         *("-e", "restart_only=web1 switch_back=web2 break_host=web2"),
+        "--check",
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     [line] = audit_lines(tmp_path)
@@ -161,6 +164,7 @@ def test_failed_rollback_names_the_host_and_its_first_failure(tmp_path: Path) ->
     }
     assert (line["from"], line["to"]) == ("r0,r1", "r0,r1")
     assert line["result"] == "failed"
+    assert line["check_mode"] is True
     assert list(line["failed"]) == ["web2"]
     failure = line["failed"]["web2"]
     assert failure["task"] == "Break one host"
@@ -173,7 +177,7 @@ def test_failed_rollback_names_the_host_and_its_first_failure(tmp_path: Path) ->
         ("web2", "switched"),
         ("web2", "switched-back"),
     ]
-    assert "audit: rollback r0,r1 -> r0,r1 on 2 host(s): failed" in proc.stdout
+    assert "audit: rollback r0,r1 -> r0,r1 on 2 host(s): failed (check mode) in" in proc.stdout
 
 
 def test_other_playbooks_are_not_audited(tmp_path: Path) -> None:
@@ -186,6 +190,7 @@ def test_other_playbooks_are_not_audited(tmp_path: Path) -> None:
 def test_a_broken_log_path_warns_and_never_breaks_the_run(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "a-file"
     not_a_dir.write_text("")  # its "subdirectory" cannot be made, not even by root
-    proc = run_playbook(tmp_path, "deploy.yml", "-e", "release=r2", log=not_a_dir / "sub" / "a.log")
+    log = not_a_dir / "sub" / "a.log"
+    proc = run_playbook(tmp_path, "deploy.yml", "-e", "release=r2", log=log)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "slipway_audit: v2_playbook_on_stats failed" in proc.stdout + proc.stderr
