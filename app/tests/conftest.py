@@ -3,6 +3,7 @@ migrated with the real Alembic migrations. Helpers live in slipway_testlib.py.""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,19 +33,35 @@ def services() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def database_url(services: dict[str, str]) -> Iterator[str]:
-    """A fresh database, migrated to head with the real Alembic migrations; dropped after."""
+@contextlib.contextmanager
+def _migrated_database(services: dict[str, str], prefix: str) -> Iterator[str]:
+    """A new database, migrated to head with the real Alembic migrations; dropped after."""
     admin = services["SLIPWAY_TEST_DATABASE_URL"]
-    name = f"slipway_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin_dsn = admin.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = admin.rsplit("/", 1)[0] + f"/{name}"
-    migrate.upgrade(load_settings(env="test", database_url=url))
-    yield url
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        migrate.upgrade(load_settings(env="test", database_url=url))
+        yield url
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url(services: dict[str, str]) -> Iterator[str]:
+    """The session's database, migrated to head; shared, so leave its revision alone."""
+    with _migrated_database(services, "slipway_test") as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_database_url(services: dict[str, str]) -> Iterator[str]:
+    """A database of this test's own, migrated to head: for tests that move alembic_version."""
+    with _migrated_database(services, "slipway_fresh") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import uuid
@@ -34,6 +35,36 @@ def test_check_config_ok_and_prod_refusal() -> None:
 def test_serve_refuses_bad_prod_config() -> None:
     bad = run(["serve"], SLIPWAY_ENV="prod")
     assert bad.returncode == 2 and "SLIPWAY_SECRET_KEY is not set" in bad.stderr
+
+
+def test_migrate_heads_needs_no_settings(tmp_path: Path) -> None:
+    """Ansible runs it as root right after installing a release, before any env file: no
+    SLIPWAY_* at all, a bare working directory; even a refused prod config does not matter."""
+    env = service_env()
+    env.pop("HOME", None)
+    assert not any(k.startswith("SLIPWAY_") for k in env)
+    heads = subprocess.run(
+        [*CLI, "migrate", "heads"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert heads.returncode == 0, heads.stderr
+    assert heads.stdout == "0001\n"
+    prod = run(["migrate", "heads"], SLIPWAY_ENV="prod")  # settings would refuse this
+    assert prod.returncode == 0 and prod.stdout == "0001\n", prod.stderr
+
+
+def test_version_reads_the_release_file(tmp_path: Path) -> None:
+    f = tmp_path / "release.json"
+    f.write_text('{"id": "0.1.0-abcdef012345", "version": "0.1.0"}')
+    out = run(["version"], SLIPWAY_RELEASE_FILE=str(f))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["release_id"] == "0.1.0-abcdef012345"
+    dev = run(["version"], SLIPWAY_RELEASE_FILE=str(tmp_path / "absent.json"))
+    assert json.loads(dev.stdout)["release_id"] == "dev"
 
 
 @pytest.mark.services

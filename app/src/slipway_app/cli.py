@@ -1,10 +1,16 @@
 """``slipway-app``: the commands a deploy calls.
 
 slipway-app check-config [--json]     exit 0 valid, 2 invalid (message names the variable)
-slipway-app migrate upgrade [REV]     default head; prints from/to revisions
-slipway-app migrate current           exit 0 at head, 3 behind head, 1 database error
+slipway-app migrate upgrade [REV]     default head; prints from/to revisions; a database
+                                      ahead of this release is left as it is (exit 0), one at
+                                      an unknown revision too (exit 5)
+slipway-app migrate current [--json]  prints current=.. head=.. status=..; exit 0 at-head,
+                                      3 behind, 4 ahead (a newer release migrated; this one
+                                      still serves), 5 unknown (not descended from this
+                                      release's head), 1 database error
 slipway-app migrate downgrade REV
-slipway-app migrate heads             the head revision shipped in this wheel
+slipway-app migrate heads             the head revision(s) shipped in this wheel, comma-joined;
+                                      reads no settings and no database
 slipway-app serve [GUNICORN ARGS]     exec gunicorn with slipway_app.gunicorn_conf
 slipway-app worker [-Q ..] [-l ..] [-P ..] [-c ..] [CELERY ARGS]
 slipway-app beat [CELERY ARGS]
@@ -26,6 +32,9 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_BEHIND = 3
+EXIT_AHEAD = 4
+EXIT_UNKNOWN = 5
+STATUS_EXIT = {"at-head": EXIT_OK, "behind": EXIT_BEHIND, "ahead": EXIT_AHEAD}
 
 PASSTHROUGH = ("worker", "beat", "serve")
 
@@ -47,30 +56,45 @@ def _parser() -> argparse.ArgumentParser:
     msub = mig.add_subparsers(dest="action", required=True)
     up = msub.add_parser("upgrade", help="upgrade to REV (default head)")
     up.add_argument("revision", nargs="?", default="head")
-    msub.add_parser("current", help="exit 0 at head, 3 behind, 1 on error")
+    cur = msub.add_parser(
+        "current", help="exit 0 at-head, 3 behind, 4 ahead, 5 unknown, 1 database error"
+    )
+    cur.add_argument("--json", action="store_true", help='print {"current","heads","status"}')
     down = msub.add_parser("downgrade", help="downgrade to REV (e.g. -1, base, 0001)")
     down.add_argument("revision")
-    msub.add_parser("heads", help="print the head revision of this wheel")
+    msub.add_parser("heads", help="print the head revision(s) of this wheel (no settings read)")
     sub.add_parser("version", help="print the package version and release id")
     for name in PASSTHROUGH:
         sub.add_parser(name, help=f"see `slipway-app {name} --help`", add_help=False)
     return p
 
 
-def _migrate(action: str, revision: str | None) -> int:
+def _migrate(action: str, revision: str | None, as_json: bool = False) -> int:
+    from alembic.util import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 
     from slipway_app.core import migrate
 
+    if action == "heads":  # the wheel's scripts only: runs before any env file exists
+        print(",".join(migrate.script_heads()))
+        return EXIT_OK
     settings = _settings()
     try:
-        if action == "heads":
-            print(",".join(migrate.script_heads(settings)))
-            return EXIT_OK
         before = migrate.state(settings)
         if action == "current":
-            print(before.describe())
-            return EXIT_OK if before.at_head else EXIT_BEHIND
+            print(json.dumps(before.as_dict()) if as_json else before.describe())
+            return STATUS_EXIT.get(before.status, EXIT_UNKNOWN)
+        if action == "upgrade" and before.status in ("ahead", "unknown"):
+            # Alembic cannot move from a revision it does not know; say why, change nothing.
+            cur = ",".join(before.current)
+            print(
+                f"upgrade: unchanged from={cur} to={cur} head={','.join(before.heads)} "
+                f"status={before.status}"
+            )
+            if before.status == "unknown":
+                print(f"slipway-app migrate upgrade: {before.problem()}", file=sys.stderr)
+                return EXIT_UNKNOWN
+            return EXIT_OK
         if action == "upgrade":
             migrate.upgrade(settings, revision or "head")
         else:
@@ -79,6 +103,9 @@ def _migrate(action: str, revision: str | None) -> int:
         after = migrate.state(settings)
     except SQLAlchemyError as exc:
         print(f"slipway-app migrate {action}: database error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except CommandError as exc:
+        print(f"slipway-app migrate {action}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     changed = before.current != after.current
     cur = ",".join(before.current) or "none"
@@ -130,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"version": __version__, "release_id": _settings().release_id}))
         return EXIT_OK
     if ns.command == "migrate":
-        return _migrate(ns.action, getattr(ns, "revision", None))
+        return _migrate(ns.action, getattr(ns, "revision", None), getattr(ns, "json", False))
     return EXIT_ERROR  # pragma: no cover - argparse enforces the choices
 
 

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from slipway_app.core.config import Settings
+from slipway_app.core.migrate import ScriptGraph
 
 
 def get_settings(request: Request) -> Settings:
@@ -39,9 +40,9 @@ def get_celery(request: Request) -> Celery:
     return celery
 
 
-def get_migration_heads(request: Request) -> tuple[str, ...]:
-    heads: tuple[str, ...] = request.app.state.migration_heads
-    return heads
+def get_migration_graph(request: Request) -> ScriptGraph:
+    graph: ScriptGraph = request.app.state.migration_graph
+    return graph
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -49,4 +50,4 @@ EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
-HeadsDep = Annotated[tuple[str, ...], Depends(get_migration_heads)]
+GraphDep = Annotated[ScriptGraph, Depends(get_migration_graph)]

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from slipway_app.core.release import MAX_ID_LENGTH, read_release_id
+
 ENV_PREFIX = "SLIPWAY_"
 PLACEHOLDERS = frozenset(
     {"", "changethis", "changeme", "change-me", "secret", "password", "placeholder", "todo", "xxx"}
@@ -56,7 +58,8 @@ class Settings(BaseSettings):
 
     # --- identity -----------------------------------------------------------------------
     env: Literal["local", "dev", "test", "prod"] = "local"
-    release_id: str = Field("dev", max_length=128)
+    # SLIPWAY_RELEASE_ID wins (dev, tests); else the id in the release directory's release.json
+    release_id: str = Field(default_factory=read_release_id, max_length=MAX_ID_LENGTH)
     secret_key: SecretStr = SecretStr("changethis")
 
     # --- PostgreSQL ---------------------------------------------------------------------

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from slipway_app.core.config import Settings, redact_url
 from slipway_app.core.db import make_async_engine, make_sessionmaker
-from slipway_app.core.migrate import script_heads
+from slipway_app.core.migrate import script_graph
 from slipway_app.worker.celery_config import create_celery
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.redis = redis
     app.state.celery = celery
-    app.state.migration_heads = script_heads(settings)
+    app.state.migration_graph = script_graph()
     log.info(
         "app started",
         extra={

@@ -10,15 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from slipway_app.core.migrate import VERSION_TABLE
+from slipway_app.core.migrate import (
+    ANCESTORS_QUERY,
+    VERSION_QUERY,
+    MigrationState,
+    ScriptGraph,
+    needs_lineage,
+)
 
 log = logging.getLogger(__name__)
-
-VERSION_QUERY = text(f"SELECT version_num FROM {VERSION_TABLE}")
 
 
 @dataclass
@@ -56,28 +59,43 @@ async def _timed(
 
 
 async def check_database(
-    engine: AsyncEngine, heads: tuple[str, ...], timeout: float
+    engine: AsyncEngine, graph: ScriptGraph, timeout: float
 ) -> tuple[CheckResult, CheckResult]:
-    """``database`` (connect + SELECT 1) and ``migrations`` (revision == shipped head)."""
-    current: list[tuple[str, ...]] = []
+    """``database`` (connect + read the revision) and ``migrations`` (this release can serve
+    on that revision: at its head, or ahead of it along the lineage; ``migration_status``)."""
+    states: list[MigrationState] = []
 
     async def probe() -> None:
-        # One round trip answers both: reachable, and which revision it is at.
+        # One round trip answers both: reachable, and which revision it is at. A second
+        # (the lineage walk) only when the revision is one this release does not know.
         async with engine.connect() as conn:
             try:
                 rows = await conn.execute(VERSION_QUERY)
-                current.append(tuple(sorted(r[0] for r in rows)))
+                current = tuple(sorted(r[0] for r in rows))
             except ProgrammingError:  # no alembic_version table: never migrated
                 await conn.rollback()
-                current.append(())
+                current = ()
+            ancestors: frozenset[str] = frozenset()
+            if needs_lineage(current, graph):
+                try:
+                    walk = await conn.execute(ANCESTORS_QUERY, {"current": list(current)})
+                    ancestors = frozenset(r[0] for r in walk)
+                except ProgrammingError:  # no lineage table: nothing to place it with
+                    await conn.rollback()
+            states.append(MigrationState(current, graph, ancestors))
 
     db = await _timed("database", timeout, probe)
     if db.status != "ok":
         return db, CheckResult("skipped", error="database unreachable")
-    cur = current[0]
-    info = {"current": ",".join(cur) or None, "head": ",".join(heads)}
-    if cur != heads:
-        return db, CheckResult("fail", error="database is not at the Alembic head", info=info)
+    state = states[0]
+    info = {  # "status" is the check's own (ok/fail/skipped): the rule's answer gets its own key
+        "current": ",".join(state.current) or None,
+        "head": ",".join(state.heads),
+        "revision_status": state.status,
+    }
+    problem = state.problem()
+    if problem:
+        return db, CheckResult("fail", error=problem, info=info)
     return db, CheckResult("ok", info=info)
 
 
@@ -89,9 +107,9 @@ async def check_redis(client: Redis, timeout: float) -> CheckResult:
 
 
 async def readiness(
-    engine: AsyncEngine, redis: Redis, heads: tuple[str, ...], timeout: float
+    engine: AsyncEngine, redis: Redis, graph: ScriptGraph, timeout: float
 ) -> dict[str, CheckResult]:
     (db, migrations), red = await asyncio.gather(
-        check_database(engine, heads, timeout), check_redis(redis, timeout)
+        check_database(engine, graph, timeout), check_redis(redis, timeout)
     )
     return {"database": db, "redis": red, "migrations": migrations}

@@ -7,10 +7,8 @@ from sqlalchemy import pool, text
 
 from slipway_app.core.config import Settings, get_settings
 from slipway_app.core.db import make_sync_engine
+from slipway_app.core.migrate import ADVISORY_LOCK_ID
 from slipway_app.models import Base
-
-# Any fixed 64-bit number: serialises concurrent `migrate upgrade` runs from several hosts.
-ADVISORY_LOCK_ID = 0x5117_3A7A_0001
 
 config = context.config
 settings: Settings = config.attributes.get("settings") or get_settings()

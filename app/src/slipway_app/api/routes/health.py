@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from slipway_app import __version__
-from slipway_app.api.deps import EngineDep, HeadsDep, RedisDep, SettingsDep
+from slipway_app.api.deps import EngineDep, GraphDep, RedisDep, SettingsDep
 from slipway_app.core.readiness import readiness
 
 router = APIRouter(prefix="/health", tags=["health"])
@@ -22,9 +22,9 @@ async def live() -> dict[str, str]:
 
 @router.get("/ready", responses={503: {"description": "a check failed; `failed` names it"}})
 async def ready(
-    settings: SettingsDep, engine: EngineDep, redis: RedisDep, heads: HeadsDep
+    settings: SettingsDep, engine: EngineDep, redis: RedisDep, graph: GraphDep
 ) -> JSONResponse:
-    checks = await readiness(engine, redis, heads, settings.health_timeout)
+    checks = await readiness(engine, redis, graph, settings.health_timeout)
     failed = [name for name, result in checks.items() if result.status == "fail"]
     body: dict[str, Any] = {
         "status": "fail" if failed else "ok",
