@@ -32,7 +32,8 @@ async def test_live_and_version(make_settings: SettingsFactory) -> None:
     async with app_client(make_settings()) as c:
         live = await c.get("/health/live")
         version = await c.get("/version")
-    assert live.status_code == 200 and live.json() == {"status": "ok"}
+    assert live.status_code == 200
+    assert live.json() == {"status": "ok", "release_id": version.json()["release_id"]}
     assert version.json()["release_id"] == "test-release"
     assert version.json()["version"]
 

@@ -15,9 +15,11 @@ router = APIRouter(prefix="/health", tags=["health"])
 
 
 @router.get("/live")
-async def live() -> dict[str, str]:
-    """The process is up and serving; touches nothing else."""
-    return {"status": "ok"}
+async def live(settings: SettingsDep) -> dict[str, str]:
+    """The process is up and serving, and which release it runs; touches nothing else.
+
+    A deploy waits for the new release id here after a restart (app_restart)."""
+    return {"status": "ok", "release_id": settings.release_id}
 
 
 @router.get("/ready", responses={503: {"description": "a check failed; `failed` names it"}})
