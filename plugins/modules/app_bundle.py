@@ -93,6 +93,21 @@ release_id:
   returned: always
   type: str
   sample: 0.1.0-a3147dfd6461
+version:
+  description: The package version (the release id without its hash).
+  returned: always
+  type: str
+  sample: 0.1.0
+built_at:
+  description: When this release was first published into the cache (UTC, ISO 8601).
+  returned: always
+  type: str
+  sample: "2026-12-02T08:15:00Z"
+git_revision:
+  description: C(git describe --always --dirty) of O(project_dir), or V(unknown) outside git.
+  returned: always
+  type: str
+  sample: a76c9c8e41f0-dirty
 wheel_name:
   description: File name of the wheel.
   returned: always
@@ -205,6 +220,16 @@ class Builder:
             )
         return str(out)
 
+    def git_revision(self) -> str:
+        """The checkout's commit (with -dirty when it has local changes), else "unknown"."""
+        git = self.module.get_bin_path("git")
+        if git is None:
+            return "unknown"
+        argv = [git, "-C", self.params["project_dir"], "describe", "--always", "--dirty",
+                "--abbrev=12", "--exclude=*"]  # fmt: skip
+        rc, out, _ = self.module.run_command(argv)
+        return str(out).strip() if rc == 0 and out.strip() else "unknown"
+
     def remove_stale_work_dirs(self, tmp_root: Path) -> None:
         """Work directories of runs that were killed: older than tmp_max_age."""
         cutoff = time.time() - self.params["tmp_max_age"]
@@ -288,10 +313,15 @@ class Builder:
                 staged_tar.chmod(0o644)
                 os.replace(staged_tar, bundle)
 
+        # When the release was first published into the cache (now, in check mode).
+        built = release.stat().st_mtime if release.is_dir() else time.time()
         return {
             "changed": bool(added),
             "added": added,
             "release_id": rid,
+            "version": rid.rsplit("-", 1)[0],
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(built)),
+            "git_revision": self.git_revision(),
             "wheel_name": wheel.name,
             "wheel_file": str(release / wheel.name),
             "requirements": str(release / "requirements.txt"),
