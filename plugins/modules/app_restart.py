@@ -115,7 +115,7 @@ checks:
             "status": 200, "release_id": "0.1.0-3f9a2c1b", "error": null}]
 """
 
-INTERVAL = 0.5  # seconds between two checks
+INTERVAL = 0.2  # seconds between two checks
 KEEP_CHECKS = 20
 _PROPS = ("LoadState", "ActiveState", "SubState", "MainPID")
 
