@@ -70,6 +70,14 @@ DRY_PROBE = {"hosts": {}, "web": ["FIRST_WEB"], "lock_host": "LOCK_HOST", "lock_
 DRY_LOCK = {"held": True, "stale": True, "lock": {"holder": "HOLDER", "token": "TOKEN"}}
 
 
+# What each step records in trial.json (None until measured), besides checks and passed.
+FIGURES = {
+    "deploy": ("failed_requests", "total_requests", "seconds", "from", "to"),
+    "bad": ("failed_requests", "total_requests", "all_hosts_on_previous", "message"),
+    "rollback": ("seconds", "failed_requests", "total_requests"),
+    "concurrent": ("second_refused", "names_holder", "stale_lock_expired"),
+    "task": ("task_completed", "restart_seconds"),
+}
 # The sentence of each failed check, filled from its step's figures in trial.json.
 WHY = {
     "rc_ok": "{playbook} exited {rc}; read {log}",
@@ -165,29 +173,20 @@ def trial_env(project: Path, out: Path, base: dict[str, str]) -> dict[str, str]:
 
 def load_argv(o: argparse.Namespace, step: str, out: Path) -> list[str]:
     """tools.loadgen for one step, bounded by the playbook's timeout plus margins."""
-    return [
-        sys.executable,
-        "-m",
-        "tools.loadgen",
-        "--url",
-        o.url,
-        "--concurrency",
-        str(o.concurrency),
-        "--rate",
-        str(o.rate),
-        "--max-requests",
-        "1000000",
-        "--duration",
-        str(min(1800, int(o.playbook_timeout + 4 * LOAD_MARGIN_S + 30))),
-        "--stop-file",
-        str(out / f"{step}-stop"),
-        "--out",
-        str(out / f"{step}-requests.jsonl"),
-        "--summary",
-        str(out / f"{step}-load.json"),
-        *(["--connect", o.connect] if o.connect else []),
-        *(["--cacert", o.cacert] if o.cacert else []),
-    ]
+    options = {
+        "--url": o.url,
+        "--connect": o.connect,
+        "--cacert": o.cacert,
+        "--concurrency": o.concurrency,
+        "--rate": o.rate,
+        "--max-requests": 1_000_000,
+        "--duration": min(1800, int(o.playbook_timeout + 4 * LOAD_MARGIN_S + 30)),
+        "--stop-file": out / f"{step}-stop",
+        "--out": out / f"{step}-requests.jsonl",
+        "--summary": out / f"{step}-load.json",
+    }
+    pairs = [(k, str(v)) for k, v in options.items() if v is not None]
+    return [sys.executable, "-m", "tools.loadgen", *(x for pair in pairs for x in pair)]
 
 
 def flat(text: str) -> str:
@@ -279,10 +278,6 @@ def ad_hoc_result(stdout: str) -> dict[str, Any]:
     return dict(json.JSONDecoder().raw_decode(stdout[at + 2 :].lstrip())[0])
 
 
-def lost(load: dict[str, Any]) -> str:
-    return f"{load['failed_requests']} requests failed: {load['by_status']} {load['errors']}"
-
-
 # -- the trial ----------------------------------------------------------------------------
 
 
@@ -315,6 +310,7 @@ class Trial:
         self.o, self.dry = o, bool(o.dry_run)
         self.project, self.out = Path(o.project).resolve(), Path(o.out).resolve()
         self.env = trial_env(self.project, self.out, dict(os.environ))
+        self.kw: dict[str, Any] = {"cwd": self.project, "env": self.env}
         found = shutil.which("ansible-playbook", path=self.env["PATH"])
         if not found and not self.dry:
             raise TrialError(
@@ -326,7 +322,8 @@ class Trial:
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.result: dict[str, Any] = {"started": started, "inventory": o.inventory, "url": o.url}
         self.failures: list[str] = []
-        self.last: dict[str, Any] = {}
+        self.last: dict[str, Any] = {}  # the newest probe
+        self.spawned: list[Run] = []
         self.ids: dict[str, str | None] = {}
 
     def say(self, line: str) -> None:
@@ -382,18 +379,17 @@ class Trial:
         with log.open("w", encoding="utf-8") as handle:
             handle.write(f"$ cd {self.project} && {shlex.join(argv)}\n")
             handle.flush()
-            proc = subprocess.Popen(
-                argv,
-                cwd=self.project,
-                env=self.env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return Run(argv, log, proc, time.monotonic(), len(self.audit_lines()))
+            # a session of its own: a timeout ends the playbook and everything it started
+            proc = subprocess.Popen(argv, **self.kw, stdout=handle, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
+        run = Run(argv, log, proc, time.monotonic(), len(self.audit_lines()))
+        self.spawned.append(run)
+        return run
 
     def wait(self, run: Run, timeout: float | None = None) -> Run:
-        if run.proc is None:
+        """Wait for the playbook (its timeout counted from its start), then read its output
+        and its audit line; a playbook past its timeout is killed and gets rc 124."""
+        if run.proc is None or run.output:
             return run
         limit = timeout or self.o.playbook_timeout
         try:
@@ -423,12 +419,12 @@ class Trial:
         path = self.out / f"probe-{label}.json"
         run = self.spawn(f"probe-{label}", PROBE, {"trial_probe_out": str(path)})
         if self.dry:
-            self.last = dict(DRY_PROBE)
+            self.last = {**DRY_PROBE, "label": label}
             return self.last
         path.unlink(missing_ok=True)
         if self.wait(run, PROBE_TIMEOUT_S).rc != 0 or not path.exists():
             raise TrialError(f"the probe (tools/trial_probe.yml) exited {run.rc}; read {run.log}")
-        self.last = json.loads(path.read_text(encoding="utf-8"))
+        self.last = {**json.loads(path.read_text(encoding="utf-8")), "label": label}
         return self.last
 
     def ad_hoc(self, host: str, module: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -446,15 +442,8 @@ class Trial:
         self.say(self.shell(argv))
         if self.dry:
             return dict(DRY_LOCK)
-        proc = subprocess.run(
-            argv,
-            cwd=self.project,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=AD_HOC_TIMEOUT_S,
-            check=False,
-        )
+        run = {**self.kw, "capture_output": True, "text": True, "timeout": AD_HOC_TIMEOUT_S}
+        proc = subprocess.run(argv, **run, check=False)
         if proc.returncode != 0:
             raise TrialError(
                 f"`ansible {host} -m {module}` exited {proc.returncode}: "
@@ -488,7 +477,7 @@ class Trial:
         stop.unlink(missing_ok=True)
         summary.unlink(missing_ok=True)
         with (self.out / f"{step}-load.log").open("w", encoding="utf-8") as log:
-            proc = subprocess.Popen(argv, cwd=self.project, env=self.env, stdout=log, stderr=log)
+            proc = subprocess.Popen(argv, **self.kw, stdout=log, stderr=log)
         try:
             time.sleep(LOAD_MARGIN_S)
             if proc.poll() is not None:
@@ -536,69 +525,76 @@ class Trial:
         return response.status, json.loads(data) if data else None
 
     # -- steps: each fills its dict with figures (and its checks, through verdict)
+    def loaded(self, step: str, r: dict[str, Any], playbook: str, extra: Any = None) -> Run:
+        """The playbook under load; its figures and the load's go into r as soon as known."""
+        with self.load(step) as load:
+            run = self.run(step, playbook, extra)
+        r.update({**load, **run.figures()})
+        self.verdict(step, no_failed_requests=load["failed_requests"] == 0)
+        return run
+
     def step_deploy(self, r: dict[str, Any]) -> None:
         r["from"] = self.ids["original"] = web_current(self.last or self.probe("start"))
-        copy = self.release("good-1", "1")
-        with self.load("deploy") as load:
-            run = self.run("deploy", DEPLOY, release_vars(copy, self.project))
-        after = self.probe("deploy")
-        new = single((run.audit or {}).get("to")) or web_current(after)
-        r.update({**load, **run.figures()}, to=new, problems=off_release(after, new))
-        self.ids["good-1"] = new
-        self.verdict(
-            "deploy",
-            rc_ok=run.rc == 0,
-            no_failed_requests=load["failed_requests"] == 0,
-            new_release=new not in (None, r["from"]),
-            hosts_on_new=not r["problems"],
+        run = self.loaded(
+            "deploy", r, DEPLOY, release_vars(self.release("good-1", "1"), self.project)
         )
+        self.verdict("deploy", rc_ok=run.rc == 0)
         if not self.dry:
             from bench.timeline import plot_timeline
 
-            title = f"rolling deploy {r['from']} -> {new}: {load['failed_requests']} failed"
-            png, events = self.out / "deploy_timeline.png", (run.audit or {}).get("events", [])
+            audit = run.audit or {}
+            title = (
+                f"deploy {r['from']} -> {audit.get('to')}: {r['failed_requests']} failed requests"
+            )
+            png, events = self.out / "deploy_timeline.png", audit.get("events", [])
             try:
                 plot_timeline(self.out / "deploy-requests.jsonl", events, png, title)
                 r["timeline"] = str(png)
             except Exception as exc:  # a picture that cannot be drawn fails no check
                 r["timeline_error"] = f"{png} was not drawn: {type(exc).__name__}: {exc}"
+        after = self.probe("deploy")
+        new = self.ids["good-1"] = single((run.audit or {}).get("to")) or web_current(after)
+        r.update(to=new, problems=off_release(after, new))
+        self.verdict(
+            "deploy", new_release=new not in (None, r["from"]), hosts_on_new=not r["problems"]
+        )
 
     def step_bad(self, r: dict[str, Any]) -> None:
-        good = self.ids.get("good-1") or web_current(self.last or self.probe("start"))
+        r["previous"] = self.ids.get("good-1") or web_current(self.last or self.probe("start"))
         copy = self.release("bad", "bad", bad=True)
-        with self.load("bad") as load:
-            run = self.run("bad", DEPLOY, release_vars(copy, self.project))
+        run = self.loaded("bad", r, DEPLOY, release_vars(copy, self.project))
+        r["bad"], r["stopped_at"], r["message"] = stopped_at(run.output)
+        self.ids["bad"] = r["bad"]
         after = self.probe("bad")
-        bad, host, message = stopped_at(run.output)
-        problems, states = off_release(after, good, web_only=True), release_states(after, bad)
-        r.update({**load, **run.figures()}, previous=good, bad=bad, bad_states=states)
-        r["problems"] = problems
-        r.update(all_hosts_on_previous=not problems, message=message, stopped_at=host)
-        r["first_web"] = (after.get("web") or [None])[0]
-        self.ids["bad"] = bad
+        r["problems"] = off_release(after, r["previous"], web_only=True)
+        r["bad_states"], r["first_web"] = (
+            release_states(after, r["bad"]),
+            (after.get("web") or [None])[0],
+        )
+        r["all_hosts_on_previous"] = not r["problems"]
         self.verdict(
             "bad",
             rc_failed=run.rc != 0,
-            stopped_at_first_web=host is not None and host == r["first_web"],
-            no_failed_requests=load["failed_requests"] == 0,
-            all_hosts_on_previous=not problems,
-            bad_marked_failed=set(states.values()) == {"failed"},
+            stopped_at_first_web=r["stopped_at"] is not None and r["stopped_at"] == r["first_web"],
+            all_hosts_on_previous=r["all_hosts_on_previous"],
+            bad_marked_failed=set(r["bad_states"].values()) == {"failed"},
         )
 
     def step_rollback(self, r: dict[str, Any]) -> None:
         before = self.last or self.probe("start")
-        left, first = web_current(before), (before.get("web") or [None])[0]
-        target = self.ids.get("original") or before["hosts"].get(first, {}).get("rollback_target")
-        with self.load("rollback") as load:
-            run = self.run("rollback", ROLLBACK)
+        r["left"], first = web_current(before), (before.get("web") or [None])[0]
+        r["target"] = self.ids.get("original") or before["hosts"].get(first, {}).get(
+            "rollback_target"
+        )
+        run = self.loaded("rollback", r, ROLLBACK)
         after = self.probe("rollback")
-        r.update({**load, **run.figures()}, left=left, target=target)
-        r["problems"] = off_release(after, target)
-        r["left_states"] = release_states(after, left)
+        r["problems"], r["left_states"] = (
+            off_release(after, r["target"]),
+            release_states(after, r["left"]),
+        )
         self.verdict(
             "rollback",
             rc_ok=run.rc == 0,
-            no_failed_requests=load["failed_requests"] == 0,
             hosts_on_original=not r["problems"],
             left_marked_rolled_back=set(r["left_states"].values()) == {"rolled-back"},
         )
@@ -694,14 +690,18 @@ class Trial:
             self.result["status"] = {"checks": {}, "after": {}, "status_true_after": []}
         for step in (s for s in STEPS if s in self.o.steps and s != "status"):
             self.say(f"## {step}")
-            r = self.result[step] = {"checks": {}}
+            r = self.result[step] = {**dict.fromkeys(FIGURES[step]), "checks": {}}
+            self.last.pop("label", None)
             try:
                 getattr(self, f"step_{step}")(r)
             except (TrialError, OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
                 r["error"] = f"{type(exc).__name__}: {exc}"
                 self.verdict(step, ran=False)
+            for run in self.spawned:  # a step that stopped early leaves no playbook behind
+                self.wait(run)
+            self.spawned.clear()
             r["passed"] = bool(r["checks"]) and all(r["checks"].values())
-            if "status" in self.result and self.last:
+            if "status" in self.result and self.last.get("label") == step:
                 self.status_after(step)
             if not r["passed"] and not self.dry:
                 logs = [p for p in self.out.glob(f"{step}*.log") if "-load" not in p.name]
@@ -726,6 +726,7 @@ class Trial:
 
     def write(self) -> None:
         if not self.dry:
+            self.result.pop("ended", None)  # last in the file
             self.result["ended"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             (self.out / "trial.json").write_text(json.dumps(self.result, indent=2) + "\n")
 

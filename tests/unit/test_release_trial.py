@@ -112,7 +112,10 @@ def test_playbook_argv_env_and_load_argv(tmp_path: Path) -> None:
     assert load[1:3] == ["-m", "tools.loadgen"]
     assert load[load.index("--duration") + 1] == "1800"  # loadgen's own maximum
     assert load[load.index("--stop-file") + 1] == str(tmp_path / "deploy-stop")
-    assert load[-4:] == ["--connect", "10.0.0.5:443", "--cacert", "/ca.pem"]
+    assert load[load.index("--connect") + 1] == "10.0.0.5:443"
+    assert load[load.index("--cacert") + 1] == "/ca.pem"
+    plain = rt.parse(["--inventory", "i", "--url", "http://c.test/", "--out", str(tmp_path)])
+    assert "--connect" not in rt.load_argv(plain, "rollback", tmp_path)
 
 
 def test_off_release_names_every_host_that_is_not_on_the_release() -> None:
