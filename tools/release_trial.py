@@ -82,8 +82,8 @@ FIGURES = {
 WHY = {
     "rc_ok": "{playbook} exited {rc}; read {log}",
     "rc_failed": "{playbook} of a release that fails readiness exited 0; read {log}",
-    "no_failed_requests": "{failed_requests} of {total_requests} requests failed: {by_status} "
-    "{errors}",
+    "no_failed_requests": "{failed_requests} of {total_requests} requests failed ({by_status}, "
+    "{errors}); each is a line of {requests}",
     "new_release": "the web tier did not move to a new release ({from} -> {to})",
     "hosts_on_new": "not every host runs the new release: {problems}",
     "stopped_at_first_web": "the output does not say the deploy stopped at {first_web} (it "
@@ -321,17 +321,18 @@ class Trial:
         self.ansible_bin = str(Path(self.playbook_bin).with_name("ansible"))
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.result: dict[str, Any] = {"started": started, "inventory": o.inventory, "url": o.url}
+        self.result.update(limit=o.limit, steps=o.steps, out=str(self.out))
         self.failures: list[str] = []
         self.last: dict[str, Any] = {}  # the newest probe
         self.spawned: list[Run] = []
         self.ids: dict[str, str | None] = {}
 
     def say(self, line: str) -> None:
-        print(
-            line if self.dry else f"release_trial: {line}",
-            file=sys.stdout if self.dry else sys.stderr,
-            flush=True,
-        )
+        """A command or a note: on stdout for --dry-run, else on stderr as progress."""
+        if self.dry:
+            print(line, flush=True)
+        else:
+            print(f"release_trial: {line}", file=sys.stderr, flush=True)
 
     def pause(self, seconds: float) -> None:
         if not self.dry:
@@ -353,11 +354,9 @@ class Trial:
             f"src-{name}, append '# trial release {marker}' to {MARKED_FILE}"
             + (f" and a failing readiness to {READINESS_FILE}" if bad else "")
         )
-        return (
-            self.out / f"src-{name}"
-            if self.dry
-            else make_release(self.project, self.out, name, marker, bad)
-        )
+        if self.dry:
+            return self.out / f"src-{name}"
+        return make_release(self.project, self.out, name, marker, bad)
 
     def audit_lines(self) -> list[str]:
         path = self.out / "audit.log"
@@ -428,21 +427,15 @@ class Trial:
         return self.last
 
     def ad_hoc(self, host: str, module: str, args: dict[str, Any]) -> dict[str, Any]:
-        argv = [
-            self.ansible_bin,
-            host,
-            "-i",
-            self.o.inventory,
-            "-b",
-            "-m",
-            module,
-            "-a",
-            json.dumps(args),
-        ]
+        argv = [self.ansible_bin, host, "-i", self.o.inventory, "-b", "-m", module]
+        argv += ["-a", json.dumps(args)]
         self.say(self.shell(argv))
         if self.dry:
             return dict(DRY_LOCK)
-        run = {**self.kw, "capture_output": True, "text": True, "timeout": AD_HOC_TIMEOUT_S}
+        # ansible.cfg prints results as YAML; ad_hoc_result reads JSON
+        env = {**self.env, "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
+        run = {**self.kw, "env": env, "capture_output": True, "text": True}
+        run["timeout"] = AD_HOC_TIMEOUT_S
         proc = subprocess.run(argv, **run, check=False)
         if proc.returncode != 0:
             raise TrialError(
@@ -459,18 +452,11 @@ class Trial:
     def load(self, step: str) -> Iterator[dict[str, Any]]:
         """tools.loadgen from LOAD_MARGIN_S before the block to as long after it; the dict
         yielded gets failed_requests, total_requests, by_status and errors at the end."""
-        stop, summary, argv = (
-            self.out / f"{step}-stop",
-            self.out / f"{step}-load.json",
-            load_argv(self.o, step, self.out),
-        )
+        stop, summary = self.out / f"{step}-stop", self.out / f"{step}-load.json"
+        argv = load_argv(self.o, step, self.out)
         self.say(f"cd {self.project} && {shlex.join(argv)} &  # until {stop} exists")
-        figures: dict[str, Any] = {
-            "failed_requests": 0,
-            "total_requests": 0,
-            "by_status": {},
-            "errors": [],
-        }
+        figures: dict[str, Any] = {"failed_requests": 0, "total_requests": 0, "by_status": {}}
+        figures["requests"] = str(self.out / f"{step}-requests.jsonl")
         if self.dry:
             yield figures
             return
@@ -494,12 +480,8 @@ class Trial:
         if not summary.exists():
             raise TrialError(f"the load generator wrote no summary; read {step}-load.log")
         s = json.loads(summary.read_text(encoding="utf-8"))
-        figures.update(
-            failed_requests=s["failed"],
-            total_requests=s["total"],
-            by_status=s["by_status"],
-            errors=s["errors"],
-        )
+        figures.update(failed_requests=s["failed"], total_requests=s["total"])
+        figures.update(by_status=s["by_status"], errors=s["errors"])
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         """One request to the app through the lb: --connect dialled, SNI and Host of --url."""
@@ -625,7 +607,7 @@ class Trial:
         self.ad_hoc(self.last["lock_host"], "ansible.builtin.copy", args)
         planted = self.lock()
         restart = self.run("concurrent-stale", RESTART)
-        r.update(restart=restart.figures(), lock_after=(self.lock() if not self.dry else {}))
+        r.update(restart=restart.figures(), lock_after=self.lock())
         planted_ok = planted.get("stale") and planted["lock"]["token"] in (token, "TOKEN")
         r["stale_lock_expired"] = bool(planted_ok and restart.rc == 0)
         after = self.probe("concurrent")
