@@ -96,8 +96,16 @@ def test_bad_release_readiness_adds_a_failing_check_to_the_real_ones(
 
 def test_playbook_argv_env_and_load_argv(tmp_path: Path) -> None:
     argv = rt.playbook_argv("/v/ansible-playbook", rt.DEPLOY, "inv", "web1,worker", {"a": "b c"})
-    assert argv == ["/v/ansible-playbook", "-i", "inv", rt.DEPLOY, "--limit", "web1,worker",
-                    "-e", '{"a": "b c"}']  # fmt: skip
+    assert argv == [
+        "/v/ansible-playbook",
+        "-i",
+        "inv",
+        rt.DEPLOY,
+        "--limit",
+        "web1,worker",
+        "-e",
+        '{"a": "b c"}',
+    ]
     assert rt.playbook_argv("ap", rt.STATUS, "inv", None, {}) == ["ap", "-i", "inv", rt.STATUS]
     env = rt.trial_env(tmp_path, tmp_path / "out", {"PATH": "/first", "KEEP": "1"})
     assert env["PATH"].split(":") == ["/first", str(Path(sys.executable).parent)]
@@ -137,10 +145,12 @@ def test_off_release_names_every_host_that_is_not_on_the_release() -> None:
 
 def test_release_states_and_single() -> None:
     fleet = probe(
-        web1={**web(GOOD), "releases": [{"id": GOOD, "state": "active"},
-                                        {"id": BAD, "state": "failed"}]},
+        web1={
+            **web(GOOD),
+            "releases": [{"id": GOOD, "state": "active"}, {"id": BAD, "state": "failed"}],
+        },
         web2={**web(GOOD), "releases": [{"id": GOOD, "state": "active"}]},
-    )  # fmt: skip
+    )
     assert rt.release_states(fleet, BAD) == {"web1": "failed"}
     assert rt.release_states(fleet, GOOD) == {"web1": "active", "web2": "active"}
     assert rt.release_states(fleet, None) == {}
@@ -187,8 +197,9 @@ ok: [web1] =>
 
 
 def test_status_mismatches_compare_each_host_line_with_the_probe() -> None:
-    fleet = probe(web1=web(GOOD), web2=web(GOOD), worker={"web": False, "current": GOOD,
-                                                           "serving": None})  # fmt: skip
+    fleet = probe(
+        web1=web(GOOD), web2=web(GOOD), worker={"web": False, "current": GOOD, "serving": None}
+    )
     assert rt.status_mismatches(STATUS_OUTPUT, fleet) == [
         f"web2's line does not say serving {GOOD}"
     ]
@@ -203,8 +214,14 @@ def test_stale_lock_is_what_app_lock_writes_and_is_taken_over(tmp_path: Path) ->
     path = tmp_path / "deploy.lock"
     now = 1_800_000_000.0
     lock = FleetLock(str(path), clock=lambda: now)
-    params = {"holder": "me", "operation": "restart", "token": "mine", "ttl": 3600,
-              "break_lock": False, "hint": ""}  # fmt: skip
+    params = {
+        "holder": "me",
+        "operation": "restart",
+        "token": "mine",
+        "ttl": 3600,
+        "break_lock": False,
+        "hint": "",
+    }
     lock.acquire(params, check=False)
     written = json.loads(path.read_text())
     path.write_text(json.dumps(rt.stale_lock("dead-run", now)))
@@ -238,36 +255,78 @@ def test_every_check_has_a_sentence_filled_from_its_figures() -> None:
 
 def test_verdict_records_checks_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     trial = rt.Trial(parse_dry(tmp_path))
-    trial.result["deploy"] = {"checks": {}, "problems": ["web2 serves X", "worker on Y"],
-                              "failed_requests": 3, "total_requests": 900,
-                              "by_status": {"502": 3}, "errors": []}  # fmt: skip
+    trial.result["deploy"] = {
+        "checks": {},
+        "problems": ["web2 serves X", "worker on Y"],
+        "failed_requests": 3,
+        "total_requests": 900,
+        "by_status": {"502": 3},
+        "errors": [],
+        "requests": "/o/r.jsonl",
+    }
     trial.verdict("deploy", hosts_on_new=False, no_failed_requests=False, rc_ok=True)
     assert trial.result["deploy"]["checks"] == {
-        "hosts_on_new": False, "no_failed_requests": False, "rc_ok": True,
-    }  # fmt: skip
+        "hosts_on_new": False,
+        "no_failed_requests": False,
+        "rc_ok": True,
+    }
     assert trial.failures == [
         "deploy: not every host runs the new release: web2 serves X; worker on Y",
-        "deploy: 3 of 900 requests failed: {'502': 3} []",
+        "deploy: 3 of 900 requests failed ({'502': 3}, []); each is a line of /o/r.jsonl",
     ]
 
 
 def parse_dry(tmp_path: Path, *extra: str) -> argparse.Namespace:
-    return rt.parse(["--inventory", "inv", "--url", "https://c.test/health/ready", "--connect",
-                     "10.0.0.5:443", "--cacert", "/ca.pem", "--out", str(tmp_path / "out"),
-                     "--dry-run", *extra])  # fmt: skip
+    return rt.parse(
+        [
+            "--inventory",
+            "inv",
+            "--url",
+            "https://c.test/health/ready",
+            "--connect",
+            "10.0.0.5:443",
+            "--cacert",
+            "/ca.pem",
+            "--out",
+            str(tmp_path / "out"),
+            "--dry-run",
+            *extra,
+        ]
+    )
 
 
 def test_dry_run_prints_every_command_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert rt.main(["--inventory", "inv", "--url", "https://c.test/health/ready", "--connect",
-                    "10.0.0.5:443", "--cacert", "ca.pem", "--out", str(tmp_path / "out"),
-                    "--limit", "web1:web2:worker", "--dry-run"]) == 0  # fmt: skip
+    assert (
+        rt.main(
+            [
+                "--inventory",
+                "inv",
+                "--url",
+                "https://c.test/health/ready",
+                "--connect",
+                "10.0.0.5:443",
+                "--cacert",
+                "ca.pem",
+                "--out",
+                str(tmp_path / "out"),
+                "--limit",
+                "web1:web2:worker",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert not (tmp_path / "out").exists()
     assert [line for line in out.splitlines() if line.startswith("## ")] == [
-        "## deploy", "## bad", "## rollback", "## concurrent", "## task",
-    ]  # fmt: skip
+        "## deploy",
+        "## bad",
+        "## rollback",
+        "## concurrent",
+        "## task",
+    ]
     playbooks = [p for p in out.split() if p.startswith(("playbooks/", "tools/trial_probe"))]
     assert playbooks.count(rt.DEPLOY) == 4  # good-1, bad, good-2 twice
     assert playbooks.count(rt.STATUS) == 5  # after every step
