@@ -167,6 +167,7 @@ def trial_env(project: Path, out: Path, base: dict[str, str]) -> dict[str, str]:
         "ANSIBLE_CONFIG": str(project / "ansible.cfg"),
         "SLIPWAY_AUDIT_LOG": str(out / "audit.log"),
         "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",  # Molecule sets it to 1, and it wins over NOCOLOR
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -190,8 +191,9 @@ def load_argv(o: argparse.Namespace, step: str, out: Path) -> list[str]:
 
 
 def flat(text: str) -> str:
-    """Output with every run of whitespace as one space (YAML output folds long lines)."""
-    return " ".join(text.split())
+    """Output without colour codes and with every run of whitespace as one space (the YAML
+    result format folds long lines, and colour is set line by line)."""
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
 
 
 def off_release(probe: dict[str, Any], release: str | None, web_only: bool = False) -> list[str]:

@@ -112,6 +112,9 @@ def test_playbook_argv_env_and_load_argv(tmp_path: Path) -> None:
     assert env["ANSIBLE_CONFIG"] == str(tmp_path / "ansible.cfg")
     assert env["SLIPWAY_AUDIT_LOG"] == str(tmp_path / "out" / "audit.log")
     assert env["KEEP"] == "1"
+    assert (
+        rt.trial_env(tmp_path, tmp_path, {"ANSIBLE_FORCE_COLOR": "1"})["ANSIBLE_FORCE_COLOR"] == "0"
+    )
     assert rt.release_vars(tmp_path / "c", tmp_path) == {
         "app_project_dir": str(tmp_path / "c"),
         "app_build_dir": str(tmp_path / ".cache" / "app-build"),
@@ -181,6 +184,8 @@ def test_stopped_at_reads_release_host_and_message_across_folded_lines() -> None
     assert message.startswith(f"The deploy to {BAD} stopped at mol-cluster-web1: Health gate")
     assert message.endswith("fix the release and deploy again.")
     assert rt.stopped_at("PLAY RECAP ok=3") == (None, None, "")
+    coloured = "\n".join(f"\x1b[0;31m{line}\x1b[0m" for line in BAD_OUTPUT.splitlines())
+    assert rt.stopped_at(coloured) == (release, host, message)
 
 
 STATUS_OUTPUT = f"""
