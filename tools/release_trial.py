@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import yaml
+
 from tools.loadgen import _HTTPConnection, _HTTPSConnection, parse_addr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -273,11 +275,13 @@ def stale_lock(token: str, now: float) -> dict[str, Any]:
 
 
 def ad_hoc_result(stdout: str) -> dict[str, Any]:
-    """The module result of `ansible HOST -m MODULE` output: `HOST | SUCCESS => {...}`."""
+    """The module result of `ansible HOST -m MODULE` output, `HOST | SUCCESS => ` then the
+    result as YAML (ansible.cfg's callback_result_format) or JSON (YAML reads both)."""
     at = stdout.find("=>")
-    if at < 0:
+    result = yaml.safe_load(stdout[at + 2 :]) if at >= 0 else None
+    if not isinstance(result, dict):
         raise TrialError(f"no module result in the ad-hoc output: {stdout.strip()[-300:]}")
-    return dict(json.JSONDecoder().raw_decode(stdout[at + 2 :].lstrip())[0])
+    return result
 
 
 # -- the trial ----------------------------------------------------------------------------

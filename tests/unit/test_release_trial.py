@@ -239,10 +239,22 @@ def test_stale_lock_is_what_app_lock_writes_and_is_taken_over(tmp_path: Path) ->
     assert taken["previous"]["token"] == "dead-run"
 
 
-def test_ad_hoc_result_reads_the_module_json() -> None:
-    out = 'web1 | SUCCESS => {\n    "changed": false,\n    "held": true,\n'
-    out += '    "lock": {"holder": "a@b"}\n}\n'
-    assert rt.ad_hoc_result(out) == {"changed": False, "held": True, "lock": {"holder": "a@b"}}
+def test_ad_hoc_result_reads_the_module_result_as_yaml_or_json() -> None:
+    # as `ansible HOST -m app_lock` prints it with this repository's ansible.cfg
+    out = "web1 | SUCCESS => \n    age: 3605.7\n    changed: false\n    held: true\n"
+    out += (
+        "    lock:\n        holder: me@ctl\n        refreshed_at_iso: '2026-12-02T08:17:37+00:00'\n"
+    )
+    assert rt.ad_hoc_result(out) == {
+        "age": 3605.7,
+        "changed": False,
+        "held": True,
+        "lock": {"holder": "me@ctl", "refreshed_at_iso": "2026-12-02T08:17:37+00:00"},
+    }
+    assert rt.ad_hoc_result('w | SUCCESS => {"held": false, "lock": null}') == {
+        "held": False,
+        "lock": None,
+    }
     with pytest.raises(rt.TrialError, match="no module result"):
         rt.ad_hoc_result("web1 | UNREACHABLE!")
 
