@@ -6,6 +6,15 @@ what the hosts really run (tools/trial_probe.yml), not against the playbook's wo
         --connect LB_IP:443 --cacert PEBBLE_ROOT_CA --out DIR [--limit PATTERN] \\
         [--steps deploy,bad,rollback,concurrent,task,status] [--project REPO] [--dry-run]
 
+Steps (each a dict of figures, `checks` and `passed` in trial.json): deploy (release good-1
+under load), bad (a release whose readiness fails, under load: its first web host goes back
+by itself), rollback (rollback.yml under load), concurrent (a second deploy.yml while good-2
+deploys; then restart.yml over a stale lock), task (a sleep job running through restart.yml's
+worker restart), status (status.yml after each step, against the probe). A release is a copy
+of the repository's files (git ls-files -co --exclude-standard) in DIR/src-<name> with one
+line appended, deployed with -e app_project_dir. The load: tools.loadgen, 8 connections at
+50 requests/s, from 3 s before a playbook to 3 s after it; failed: non-2xx or no answer.
+
 Runs ansible-playbook (from PATH: the venv's bin) in the repository root with
 ANSIBLE_CONFIG=<repo>/ansible.cfg and SLIPWAY_AUDIT_LOG=DIR/audit.log; each run's output goes
 to DIR/<run>.log, each step's requests to DIR/<step>-requests.jsonl. Writes DIR/trial.json and
