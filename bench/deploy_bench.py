@@ -1,5 +1,5 @@
 """Releases on a cluster of sandbox VMs: deploy, restart and rollback seconds on 1, 2 and 3
-web hosts, then tools/release_trial.py on 2 web hosts under load (failed requests of a rolling
+web hosts, then tools/release_trial on 2 web hosts under load (failed requests of a rolling
 deploy, of a bad release and of a rollback; a second deploy refused by the fleet lock).
 
     python3 bench/deploy_bench.py [--json] [--keep] [--dry-run]
@@ -33,7 +33,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: import tools.*
 
-from tools.release_trial import make_release, release_vars, trial_env  # noqa: E402
+from tools.release_trial.releases import make_release, release_vars  # noqa: E402
+from tools.release_trial.runner import trial_env  # noqa: E402
 
 BIN = REPO / ".venv" / "bin"
 CLUSTER, DOMAIN, PREFIX = "bench-deploy", "deploy-bench.sandbox.test", "bdep"
@@ -140,7 +141,7 @@ class Bench:
         return figures
 
     def trial(self, lb: str, root_ca: str) -> dict[str, object]:
-        """tools/release_trial.py on the worker and 2 web hosts; its trial.json."""
+        """tools/release_trial on the worker and 2 web hosts; its trial.json."""
         out = WORK / "trial"
         argv = [sys.executable, "-m", "tools.release_trial", "--inventory", str(self.inventory),
                 "--url", f"https://{DOMAIN}/health/ready", "--connect", f"{lb}:443", "--cacert",

@@ -1,4 +1,4 @@
-"""tools/release_trial.py without VMs: the release copy and patch (a tmp git repository),
+"""tools/release_trial without VMs: the release copy and patch (a tmp git repository),
 command building, the dry run, and the evaluation of what the probe and the playbooks said."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from plugins.modules.app_lock import FleetLock
 from tests.conftest import REPO
-from tools import release_trial as rt
+from tools.release_trial import checks, cli, config, releases, runner, steps
 
 GOOD, OLD, BAD = "0.1.0-aaaaaaaaaaaa", "0.1.0-bbbbbbbbbbbb", "0.1.0-cccccccccccc"
 
@@ -29,8 +29,8 @@ def repo(tmp_path: Path) -> Path:
     """A git repository with the app files the trial patches, an ignored and an untracked file."""
     root = tmp_path / "repo"
     (root / "app/src/slipway_app/core").mkdir(parents=True)
-    (root / rt.MARKED_FILE).write_text('"""app"""\n')
-    (root / rt.READINESS_FILE).write_text((REPO / rt.READINESS_FILE).read_text())
+    (root / releases.MARKED_FILE).write_text('"""app"""\n')
+    (root / releases.READINESS_FILE).write_text((REPO / releases.READINESS_FILE).read_text())
     (root / ".gitignore").write_text(".cache/\n*.log\n")
     (root / "tracked.txt").write_text("t\n")
     git(root, "init", "-q")
@@ -56,26 +56,28 @@ def test_release_copies_tracked_and_untracked_files_not_ignored_ones_nor_the_out
     out = repo / "trial-out"  # inside the repository and not ignored: must not copy itself
     out.mkdir()
     (out / "old.txt").write_text("x\n")
-    copy = rt.make_release(repo, out, "good-1", "1")
+    copy = releases.make_release(repo, out, "good-1", "1")
     assert copy == out / "src-good-1"
     files = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file())
-    assert files == [".gitignore", rt.MARKED_FILE, rt.READINESS_FILE, "untracked.txt"]
-    assert (copy / rt.MARKED_FILE).read_text().endswith("# trial release 1\n")
-    assert (copy / rt.READINESS_FILE).read_text() == (repo / rt.READINESS_FILE).read_text()
-    again = rt.make_release(repo, out, "good-1", "2")  # a second run starts from a fresh copy
-    assert (again / rt.MARKED_FILE).read_text().count("# trial release") == 1
+    assert files == [".gitignore", releases.MARKED_FILE, releases.READINESS_FILE, "untracked.txt"]
+    assert (copy / releases.MARKED_FILE).read_text().endswith("# trial release 1\n")
+    assert (copy / releases.READINESS_FILE).read_text() == (
+        repo / releases.READINESS_FILE
+    ).read_text()
+    again = releases.make_release(repo, out, "good-1", "2")  # a second run starts from a fresh copy
+    assert (again / releases.MARKED_FILE).read_text().count("# trial release") == 1
 
 
 def test_release_files_outside_a_repository_fail_with_a_sentence(tmp_path: Path) -> None:
-    with pytest.raises(rt.TrialError, match=r"git -C .* ls-files"):
-        rt.release_files(tmp_path)
+    with pytest.raises(config.TrialError, match=r"git -C .* ls-files"):
+        releases.release_files(tmp_path)
 
 
 def test_bad_release_readiness_adds_a_failing_check_to_the_real_ones(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    copy = rt.make_release(repo, tmp_path / "out", "bad", "bad", bad=True)
-    spec = importlib.util.spec_from_file_location("trial_readiness", copy / rt.READINESS_FILE)
+    copy = releases.make_release(repo, tmp_path / "out", "bad", "bad", bad=True)
+    spec = importlib.util.spec_from_file_location("trial_readiness", copy / releases.READINESS_FILE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "trial_readiness", module)
@@ -87,63 +89,71 @@ def test_bad_release_readiness_adds_a_failing_check_to_the_real_ones(
         return {"database": check("ok")}
 
     monkeypatch.setattr(module, "_trial_original_readiness", original)
-    checks = asyncio.run(module.readiness("engine", "redis", "graph", 2.0))
-    assert checks["database"].status == "ok"
-    assert checks["trial"].status == "fail"
-    assert checks["trial"].error == "trial release built to fail readiness"
-    assert (copy / rt.MARKED_FILE).read_text().endswith("# trial release bad\n")
+    answered = asyncio.run(module.readiness("engine", "redis", "graph", 2.0))
+    assert answered["database"].status == "ok"
+    assert answered["trial"].status == "fail"
+    assert answered["trial"].error == "trial release built to fail readiness"
+    assert (copy / releases.MARKED_FILE).read_text().endswith("# trial release bad\n")
 
 
 def test_playbook_argv_env_and_load_argv(tmp_path: Path) -> None:
-    argv = rt.playbook_argv("/v/ansible-playbook", rt.DEPLOY, "inv", "web1,worker", {"a": "b c"})
+    argv = runner.playbook_argv(
+        "/v/ansible-playbook", config.DEPLOY, "inv", "web1,worker", {"a": "b c"}
+    )
     assert argv == [
         "/v/ansible-playbook",
         "-i",
         "inv",
-        rt.DEPLOY,
+        config.DEPLOY,
         "--limit",
         "web1,worker",
         "-e",
         '{"a": "b c"}',
     ]
-    assert rt.playbook_argv("ap", rt.STATUS, "inv", None, {}) == ["ap", "-i", "inv", rt.STATUS]
-    env = rt.trial_env(tmp_path, tmp_path / "out", {"PATH": "/first", "KEEP": "1"})
+    assert runner.playbook_argv("ap", config.STATUS, "inv", None, {}) == [
+        "ap",
+        "-i",
+        "inv",
+        config.STATUS,
+    ]
+    env = runner.trial_env(tmp_path, tmp_path / "out", {"PATH": "/first", "KEEP": "1"})
     assert env["PATH"].split(":") == ["/first", str(Path(sys.executable).parent)]
     assert env["ANSIBLE_CONFIG"] == str(tmp_path / "ansible.cfg")
     assert env["SLIPWAY_AUDIT_LOG"] == str(tmp_path / "out" / "audit.log")
     assert env["KEEP"] == "1"
     assert (
-        rt.trial_env(tmp_path, tmp_path, {"ANSIBLE_FORCE_COLOR": "1"})["ANSIBLE_FORCE_COLOR"] == "0"
+        runner.trial_env(tmp_path, tmp_path, {"ANSIBLE_FORCE_COLOR": "1"})["ANSIBLE_FORCE_COLOR"]
+        == "0"
     )
-    assert rt.release_vars(tmp_path / "c", tmp_path) == {
+    assert releases.release_vars(tmp_path / "c", tmp_path) == {
         "app_project_dir": str(tmp_path / "c"),
         "app_build_dir": str(tmp_path / ".cache" / "app-build"),
     }
-    load = rt.load_argv(parse_dry(tmp_path, "--playbook-timeout", "5000"), "deploy", tmp_path)
+    load = runner.load_argv(parse_dry(tmp_path, "--playbook-timeout", "5000"), "deploy", tmp_path)
     assert load[1:3] == ["-m", "tools.loadgen"]
     assert load[load.index("--duration") + 1] == "1800"  # loadgen's own maximum
     assert load[load.index("--stop-file") + 1] == str(tmp_path / "deploy-stop")
     assert load[load.index("--connect") + 1] == "10.0.0.5:443"
     assert load[load.index("--cacert") + 1] == "/ca.pem"
-    plain = rt.parse(["--inventory", "i", "--url", "http://c.test/", "--out", str(tmp_path)])
-    assert "--connect" not in rt.load_argv(plain, "rollback", tmp_path)
+    plain = cli.parse(["--inventory", "i", "--url", "http://c.test/", "--out", str(tmp_path)])
+    assert "--connect" not in runner.load_argv(plain, "rollback", tmp_path)
 
 
 def test_off_release_names_every_host_that_is_not_on_the_release() -> None:
     fleet = probe(web1=web(GOOD), web2=web(GOOD), worker={"web": False, "current": GOOD})
-    assert rt.off_release(fleet, GOOD) == []
+    assert checks.off_release(fleet, GOOD) == []
     fleet["hosts"]["web2"] = web(GOOD, serving=OLD)  # type: ignore[index]
     fleet["hosts"]["worker"]["current"] = OLD  # type: ignore[index]
-    problems = rt.off_release(fleet, GOOD)
+    problems = checks.off_release(fleet, GOOD)
     assert problems == [
         f"web2 has current {GOOD}, serves {OLD}, live and ready (expected {GOOD})",
         f"worker has current {OLD} (expected {GOOD})",
     ]
-    assert rt.off_release(fleet, GOOD, web_only=True) == problems[:1]
-    assert "NOT live and ready" in rt.off_release(probe(web1=web(GOOD, healthy=False)), GOOD)[0]
-    assert rt.off_release({"hosts": {}}, GOOD) == ["the probe saw no web host"]
-    assert rt.web_current(fleet) == GOOD
-    assert rt.web_current({}) is None
+    assert checks.off_release(fleet, GOOD, web_only=True) == problems[:1]
+    assert "NOT live and ready" in checks.off_release(probe(web1=web(GOOD, healthy=False)), GOOD)[0]
+    assert checks.off_release({"hosts": {}}, GOOD) == ["the probe saw no web host"]
+    assert checks.web_current(fleet) == GOOD
+    assert checks.web_current({}) is None
 
 
 def test_release_states_and_single() -> None:
@@ -154,13 +164,13 @@ def test_release_states_and_single() -> None:
         },
         web2={**web(GOOD), "releases": [{"id": GOOD, "state": "active"}]},
     )
-    assert rt.release_states(fleet, BAD) == {"web1": "failed"}
-    assert rt.release_states(fleet, GOOD) == {"web1": "active", "web2": "active"}
-    assert rt.release_states(fleet, None) == {}
-    assert rt.single(GOOD) == GOOD
-    assert rt.single(f"{GOOD},{OLD}") is None
-    assert rt.single("?") is None
-    assert rt.single(None) is None
+    assert checks.release_states(fleet, BAD) == {"web1": "failed"}
+    assert checks.release_states(fleet, GOOD) == {"web1": "active", "web2": "active"}
+    assert checks.release_states(fleet, None) == {}
+    assert checks.single(GOOD) == GOOD
+    assert checks.single(f"{GOOD},{OLD}") is None
+    assert checks.single("?") is None
+    assert checks.single(None) is None
 
 
 # The bad deploy's failure as the yaml result format prints it: quoted, folded, indented.
@@ -179,13 +189,13 @@ PLAY RECAP ******
 
 
 def test_stopped_at_reads_release_host_and_message_across_folded_lines() -> None:
-    release, host, message = rt.stopped_at(BAD_OUTPUT)
+    release, host, message = checks.stopped_at(BAD_OUTPUT)
     assert (release, host) == (BAD, "mol-cluster-web1")
     assert message.startswith(f"The deploy to {BAD} stopped at mol-cluster-web1: Health gate")
     assert message.endswith("fix the release and deploy again.")
-    assert rt.stopped_at("PLAY RECAP ok=3") == (None, None, "")
+    assert checks.stopped_at("PLAY RECAP ok=3") == (None, None, "")
     coloured = "\n".join(f"\x1b[0;31m{line}\x1b[0m" for line in BAD_OUTPUT.splitlines())
-    assert rt.stopped_at(coloured) == (release, host, message)
+    assert checks.stopped_at(coloured) == (release, host, message)
 
 
 STATUS_OUTPUT = f"""
@@ -205,12 +215,14 @@ def test_status_mismatches_compare_each_host_line_with_the_probe() -> None:
     fleet = probe(
         web1=web(GOOD), web2=web(GOOD), worker={"web": False, "current": GOOD, "serving": None}
     )
-    assert rt.status_mismatches(STATUS_OUTPUT, fleet) == [
+    assert checks.status_mismatches(STATUS_OUTPUT, fleet) == [
         f"web2's line does not say serving {GOOD}"
     ]
     fleet["hosts"]["worker"]["current"] = OLD  # type: ignore[index]
-    assert f"worker's line does not say current {OLD}" in rt.status_mismatches(STATUS_OUTPUT, fleet)
-    assert rt.status_mismatches("", probe(web9=web(GOOD))) == [
+    assert f"worker's line does not say current {OLD}" in checks.status_mismatches(
+        STATUS_OUTPUT, fleet
+    )
+    assert checks.status_mismatches("", probe(web9=web(GOOD))) == [
         f"web9's line does not say current {GOOD}"
     ]
 
@@ -229,7 +241,7 @@ def test_stale_lock_is_what_app_lock_writes_and_is_taken_over(tmp_path: Path) ->
     }
     lock.acquire(params, check=False)
     written = json.loads(path.read_text())
-    path.write_text(json.dumps(rt.stale_lock("dead-run", now)))
+    path.write_text(json.dumps(checks.stale_lock("dead-run", now)))
     stale = lock.read()
     assert stale is not None
     assert set(stale) == set(written)
@@ -245,33 +257,33 @@ def test_ad_hoc_result_reads_the_module_result_as_yaml_or_json() -> None:
     out += (
         "    lock:\n        holder: me@ctl\n        refreshed_at_iso: '2026-12-02T08:17:37+00:00'\n"
     )
-    assert rt.ad_hoc_result(out) == {
+    assert checks.ad_hoc_result(out) == {
         "age": 3605.7,
         "changed": False,
         "held": True,
         "lock": {"holder": "me@ctl", "refreshed_at_iso": "2026-12-02T08:17:37+00:00"},
     }
-    assert rt.ad_hoc_result('w | SUCCESS => {"held": false, "lock": null}') == {
+    assert checks.ad_hoc_result('w | SUCCESS => {"held": false, "lock": null}') == {
         "held": False,
         "lock": None,
     }
-    with pytest.raises(rt.TrialError, match="no module result"):
-        rt.ad_hoc_result("web1 | UNREACHABLE!")
+    with pytest.raises(config.TrialError, match="no module result"):
+        checks.ad_hoc_result("web1 | UNREACHABLE!")
 
 
 def test_every_check_has_a_sentence_filled_from_its_figures() -> None:
-    source = Path(rt.__file__).read_text()
+    source = Path(steps.__file__).read_text()
     used = set()
     for call in source.split("self.verdict(")[1:]:
         used |= {line.strip().split("=")[0] for line in call.split(")\n")[0].splitlines()[1:]}
     used = {name for name in used if name.isidentifier()} | {"ran", "rc_ok"}
-    assert used <= set(rt.WHY), used - set(rt.WHY)
+    assert used <= set(checks.WHY), used - set(checks.WHY)
     figures = {"playbook": "deploy.yml", "rc": 2, "log": "/o/deploy.log", "problems": "p"}
-    assert rt.WHY["rc_ok"].format(**figures) == "deploy.yml exited 2; read /o/deploy.log"
+    assert checks.WHY["rc_ok"].format(**figures) == "deploy.yml exited 2; read /o/deploy.log"
 
 
 def test_verdict_records_checks_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    trial = rt.Trial(parse_dry(tmp_path))
+    trial = steps.Trial(parse_dry(tmp_path))
     trial.result["deploy"] = {
         "checks": {},
         "problems": ["web2 serves X", "worker on Y"],
@@ -294,7 +306,7 @@ def test_verdict_records_checks_and_says_why(tmp_path: Path, capsys: pytest.Capt
 
 
 def parse_dry(tmp_path: Path, *extra: str) -> argparse.Namespace:
-    return rt.parse(
+    return cli.parse(
         [
             "--inventory",
             "inv",
@@ -316,7 +328,7 @@ def test_dry_run_prints_every_command_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     assert (
-        rt.main(
+        cli.main(
             [
                 "--inventory",
                 "inv",
@@ -345,9 +357,9 @@ def test_dry_run_prints_every_command_and_writes_nothing(
         "## task",
     ]
     playbooks = [p for p in out.split() if p.startswith(("playbooks/", "tools/trial_probe"))]
-    assert playbooks.count(rt.DEPLOY) == 4  # good-1, bad, good-2 twice
-    assert playbooks.count(rt.STATUS) == 5  # after every step
-    assert playbooks.count(rt.ROLLBACK) == 1 and playbooks.count(rt.RESTART) == 2
+    assert playbooks.count(config.DEPLOY) == 4  # good-1, bad, good-2 twice
+    assert playbooks.count(config.STATUS) == 5  # after every step
+    assert playbooks.count(config.ROLLBACK) == 1 and playbooks.count(config.RESTART) == 2
     assert out.count("--limit web1:web2:worker") == out.count("ansible-playbook -i inv")
     assert f"ANSIBLE_CONFIG={REPO}/ansible.cfg SLIPWAY_AUDIT_LOG={tmp_path}/out/audit.log" in out
     assert "POST https://c.test/api/jobs" in out and "-m tools.loadgen" in out
@@ -356,11 +368,11 @@ def test_dry_run_prints_every_command_and_writes_nothing(
 
 def test_steps_subset_and_unknown_step(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     base = ["--inventory", "i", "--url", "http://c.test/", "--out", str(tmp_path), "--dry-run"]
-    assert rt.main([*base, "--steps", "rollback,status"]) == 0
+    assert cli.main([*base, "--steps", "rollback,status"]) == 0
     out = capsys.readouterr().out
-    assert "## deploy" not in out and "## rollback" in out and rt.STATUS in out
+    assert "## deploy" not in out and "## rollback" in out and config.STATUS in out
     with pytest.raises(SystemExit):
-        rt.main([*base, "--steps", "deploy,nope"])
+        cli.main([*base, "--steps", "deploy,nope"])
     assert "unknown ['nope']" in capsys.readouterr().err
 
 
@@ -375,5 +387,5 @@ def test_missing_inventory_fails_with_a_sentence(
         "--out",
         str(tmp_path),
     ]
-    assert rt.main(argv) == 1
+    assert cli.main(argv) == 1
     assert f"--inventory {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
