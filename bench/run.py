@@ -25,7 +25,7 @@ BENCHES = {
     "app": (HERE / "app_bench.py", []),
     "converge": (HERE / "converge_bench.py", []),
     # Releases on a 6-VM cluster: deploy/restart/rollback seconds on 1-3 web hosts, and
-    # tools/release_trial.py under load on 2 (also bench/results/deploy_timeline.png).
+    # tools/release_trial under load on 2 (also bench/results/deploy_timeline.png).
     "deploy": (HERE / "deploy_bench.py", []),
 }
 

@@ -96,6 +96,19 @@ def test_bad_release_readiness_adds_a_failing_check_to_the_real_ones(
     assert (copy / releases.MARKED_FILE).read_text().endswith("# trial release bad\n")
 
 
+def test_migrating_release_adds_one_expand_only_head_after_the_shipped_one(tmp_path: Path) -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    copy = releases.make_release(config.REPO, tmp_path / "out", "mig", "mig", migration=True)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(copy / "app/src/slipway_app/migrations"))
+    scripts = ScriptDirectory.from_config(cfg)
+    assert scripts.get_heads() == ["0002"]
+    assert scripts.get_revision("0002").down_revision == "0001"
+    assert "op.add_column" in (copy / releases.MIGRATION_FILE).read_text()
+
+
 def test_playbook_argv_env_and_load_argv(tmp_path: Path) -> None:
     argv = runner.playbook_argv(
         "/v/ansible-playbook", config.DEPLOY, "inv", "web1,worker", {"a": "b c"}
@@ -355,11 +368,13 @@ def test_dry_run_prints_every_command_and_writes_nothing(
         "## rollback",
         "## concurrent",
         "## task",
+        "## migrations",
     ]
     playbooks = [p for p in out.split() if p.startswith(("playbooks/", "tools/trial_probe"))]
-    assert playbooks.count(config.DEPLOY) == 4  # good-1, bad, good-2 twice
-    assert playbooks.count(config.STATUS) == 5  # after every step
-    assert playbooks.count(config.ROLLBACK) == 1 and playbooks.count(config.RESTART) == 2
+    assert playbooks.count(config.DEPLOY) == 6  # good-1, bad, good-2 twice, mig twice
+    assert playbooks.count(config.STATUS) == 6  # after every step
+    # rollback: once, then refused, accept and downgrade across the migration
+    assert playbooks.count(config.ROLLBACK) == 4 and playbooks.count(config.RESTART) == 2
     assert out.count("--limit web1:web2:worker") == out.count("ansible-playbook -i inv")
     assert f"ANSIBLE_CONFIG={REPO}/ansible.cfg SLIPWAY_AUDIT_LOG={tmp_path}/out/audit.log" in out
     assert "POST https://c.test/api/jobs" in out and "-m tools.loadgen" in out

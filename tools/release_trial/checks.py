@@ -18,6 +18,7 @@ FIGURES = {
     "rollback": ("seconds", "failed_requests", "total_requests"),
     "concurrent": ("second_refused", "names_holder", "stale_lock_expired"),
     "task": ("task_completed", "restart_seconds"),
+    "migrations": ("from", "release", "refused", "accepted", "downgraded", "database"),
 }
 # The sentence of each failed check, filled from its step's figures in trial.json.
 WHY = {
@@ -45,6 +46,15 @@ WHY = {
     "job_accepted": "POST /api/jobs did not answer 202 with an id: {job_answer}",
     "task_completed": "job {job_id} is {job_status}, not succeeded, "
     f"{TASK_WAIT_S:.0f} s after it was sent",
+    "mig_deploy_ok": "deploy.yml of the migrating release exited {rc} or moved nothing "
+    "({from} -> {release}); read {log}",
+    "mig_refused": "rollback.yml across the migration was not refused with both ways out "
+    "(rollback_migrations=downgrade|accept): {refused}",
+    "mig_untouched": "a refused rollback moved hosts: {untouched}",
+    "mig_accept_ok": "rollback.yml -e rollback_migrations=accept did not bring every host back "
+    "to {from}, ready on the newer database: {accepted}",
+    "mig_downgrade_ok": "rollback.yml -e rollback_migrations=downgrade did not leave every host "
+    "on {from} and the database at its head 0001: {downgraded} {database}",
     "ran": "the step stopped: {error}",
 }
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = ("deploy", "bad", "rollback", "concurrent", "task", "status")
+STEPS = ("deploy", "bad", "rollback", "concurrent", "task", "migrations", "status")
 DEPLOY, RESTART, ROLLBACK = (
     "playbooks/deploy.yml",
     "playbooks/restart.yml",

@@ -27,6 +27,33 @@ async def readiness(*args, **kwargs):  # type: ignore[no-untyped-def]  # noqa: F
 """
 
 
+# Added to the migrating release: an expand-only migration (a nullable column), which the
+# release before it keeps working with.
+MIGRATION_FILE = "app/src/slipway_app/migrations/versions/0002_trial_expand.py"
+MIGRATION = '''"""Trial: an expand-only migration (a nullable column on jobs).
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("jobs", sa.Column("trial_note", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("jobs", "trial_note")
+'''
+
+
 def release_files(project: Path) -> list[str]:
     """The repository's files: tracked, and untracked ones git does not ignore."""
     argv = ["git", "-C", str(project), "ls-files", "-co", "--exclude-standard", "-z"]
@@ -36,9 +63,12 @@ def release_files(project: Path) -> list[str]:
     return sorted({name for name in proc.stdout.decode().split("\0") if name})
 
 
-def make_release(project: Path, out: Path, name: str, marker: str, bad: bool = False) -> Path:
+def make_release(
+    project: Path, out: Path, name: str, marker: str, bad: bool = False, migration: bool = False
+) -> Path:
     """Copy the repository's files to OUT/src-NAME, append `# trial release MARKER` to the
-    app's __init__.py (a new wheel: a new release id); `bad` also makes readiness fail."""
+    app's __init__.py (a new wheel: a new release id); `bad` also makes readiness fail,
+    `migration` adds the expand-only revision 0002."""
     dest = out / f"src-{name}"
     if dest.exists():
         shutil.rmtree(dest)
@@ -54,6 +84,8 @@ def make_release(project: Path, out: Path, name: str, marker: str, bad: bool = F
     if bad:
         with (dest / READINESS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(BAD_READINESS)
+    if migration:
+        (dest / MIGRATION_FILE).write_text(MIGRATION, encoding="utf-8")
     return dest
 
 

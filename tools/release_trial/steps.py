@@ -39,7 +39,8 @@ from .config import (
     WORKER_PLAY,
     TrialError,
 )
-from .releases import MARKED_FILE, READINESS_FILE, make_release, release_vars
+from .migrations import step_migrations
+from .releases import MARKED_FILE, MIGRATION_FILE, READINESS_FILE, make_release, release_vars
 from .runner import Run, Runner
 
 
@@ -65,15 +66,19 @@ class Trial(Runner):
                 why = WHY[name].format_map(defaultdict(lambda: "?", view))
                 self.failures.append(f"{step}: {why}")
 
-    def release(self, name: str, marker: str, bad: bool = False) -> Path:
+    def release(self, name: str, marker: str, bad: bool = False, migration: bool = False) -> Path:
         self.say(
             f"# copy `git ls-files -co --exclude-standard` of {self.project} to {self.out}/"
             f"src-{name}, append '# trial release {marker}' to {MARKED_FILE}"
             + (f" and a failing readiness to {READINESS_FILE}" if bad else "")
+            + (f" and the expand-only migration {MIGRATION_FILE}" if migration else "")
         )
         if self.dry:
             return self.out / f"src-{name}"
-        return make_release(self.project, self.out, name, marker, bad)
+        return make_release(self.project, self.out, name, marker, bad, migration)
+
+    def step_migrations(self, r: dict[str, Any]) -> None:
+        step_migrations(self, r)
 
     # -- steps: each fills its dict with figures (and its checks, through verdict)
     def loaded(self, step: str, r: dict[str, Any], playbook: str, extra: Any = None) -> Run:
