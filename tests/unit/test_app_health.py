@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
 from plugins.module_utils import slipway_http
 from plugins.modules import app_health
+from tests.unit.module_harness import ExitJson, FailJson, patch_exits
 
 READY_OK = {
     "status": "ok",
@@ -38,26 +38,9 @@ READY_BEHIND = {
 }
 
 
-class ExitJson(Exception):
-    pass
-
-
-class FailJson(Exception):
-    pass
-
-
-def _exit_json(self: Any, **kwargs: Any) -> None:
-    raise ExitJson(kwargs)
-
-
-def _fail_json(self: Any, **kwargs: Any) -> None:
-    raise FailJson(kwargs)
-
-
 @pytest.fixture(autouse=True)
 def _patch_exits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", _exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", _fail_json)
+    patch_exits(monkeypatch)
 
 
 class Script:

@@ -13,28 +13,12 @@ from ansible.module_utils.testing import patch_module_args
 
 from plugins.module_utils.slipway_http import HttpRequestError, Response
 from plugins.modules import app_restart
-
-
-class ExitJson(Exception):
-    pass
-
-
-class FailJson(Exception):
-    pass
-
-
-def _exit_json(self: Any, **kwargs: Any) -> None:
-    raise ExitJson(kwargs)
-
-
-def _fail_json(self: Any, **kwargs: Any) -> None:
-    raise FailJson(kwargs)
+from tests.unit.module_harness import ExitJson, FailJson, patch_exits
 
 
 @pytest.fixture(autouse=True)
 def _patch_exits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", _exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", _fail_json)
+    patch_exits(monkeypatch)
     monkeypatch.setattr(basic.AnsibleModule, "get_bin_path", lambda self, n, **kw: f"/bin/{n}")
     monkeypatch.setattr(app_restart, "INTERVAL", 0.01)
 

@@ -11,6 +11,7 @@ from ansible.module_utils import basic
 from ansible.module_utils.testing import patch_module_args
 
 from plugins.modules import postgresql_app as pga
+from tests.unit.module_harness import ExitJson, FailJson, patch_exits
 
 # A verifier written by PostgreSQL 15.20 itself (Debian bookworm) for the password
 # "sandbox-db-7c1f0e9a4b2d": SELECT rolpassword FROM pg_authid after CREATE ROLE ... PASSWORD.
@@ -21,26 +22,9 @@ PG_VERIFIER = (
 SEP = "\x1f"
 
 
-class ExitJson(Exception):
-    pass
-
-
-class FailJson(Exception):
-    pass
-
-
-def _exit_json(self: Any, **kwargs: Any) -> None:
-    raise ExitJson(kwargs)
-
-
-def _fail_json(self: Any, **kwargs: Any) -> None:
-    raise FailJson(kwargs)
-
-
 @pytest.fixture(autouse=True)
 def _patch_exits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", _exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", _fail_json)
+    patch_exits(monkeypatch)
     monkeypatch.setattr(basic.AnsibleModule, "get_bin_path", lambda self, n, **kw: f"/usr/bin/{n}")
     monkeypatch.setattr(pga.os, "geteuid", lambda: 0)
 
