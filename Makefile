@@ -63,8 +63,9 @@ molecule: venv ## One Molecule scenario: make molecule SCENARIO=allinone
 test: venv lint host ## Everything: lint, unit, app, sandbox and all Molecule scenarios
 	pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-bench: venv ## Measure and print figures; writes bench/results/latest.json
-	$(PYTHON) bench/run.py --out bench/results/latest.json
+BENCH ?= sandbox,app,converge,deploy
+bench: venv ## Measure and print figures into bench/results/latest.json (BENCH=deploy: one, others kept)
+	$(PYTHON) bench/run.py --out bench/results/latest.json --only $(BENCH)
 
 clean: ## Remove the virtualenv and caches (not the VMs: see sandbox-down)
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache dist

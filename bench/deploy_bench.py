@@ -124,7 +124,9 @@ class Bench:
 
     def by_web_hosts(self) -> dict[str, dict[str, float]]:
         """deploy (a new release), restart and rollback (back to the converged release) of
-        the worker and the first n web hosts."""
+        the worker and the first n web hosts, one web host at a time (the default); then the
+        same release again and a rollback of all n web hosts in one batch
+        (-e app_deploy_batch_size=n: no drain, the socket queue carries the restarts)."""
         figures = {}
         for n in (1, 2, 3):
             limit = ",".join([f"{PREFIX}-worker"] + [f"{PREFIX}-web{i}" for i in range(1, n + 1)])
@@ -135,8 +137,13 @@ class Bench:
                                    release_vars(copy, REPO))  # fmt: skip
             restart = self.playbook(f"restart-{n}-web", "playbooks/restart.yml", limit, None)
             rollback = self.playbook(f"rollback-{n}-web", "playbooks/rollback.yml", limit, None)
+            self.playbook(f"redeploy-{n}-web", "playbooks/deploy.yml", limit,
+                          release_vars(copy, REPO))  # fmt: skip
+            at_once = self.playbook(f"rollback-{n}-web-one-batch", "playbooks/rollback.yml",
+                                    limit, {"app_deploy_batch_size": str(n)})  # fmt: skip
             figures[str(n)] = {"deploy_s": round(deploy, 1), "restart_s": round(restart, 1),
-                               "rollback_s": round(rollback, 1)}  # fmt: skip
+                               "rollback_s": round(rollback, 1),
+                               "rollback_one_batch_s": round(at_once, 1)}  # fmt: skip
             log(f"{n} web host(s): {figures[str(n)]}")
         return figures
 
@@ -179,9 +186,11 @@ def table(result: dict[str, Any]) -> None:
     def out(line: str) -> None:
         print(line, file=sys.stderr)
 
-    out(f"{'web hosts':<12} {'deploy s':>9} {'restart s':>10} {'rollback s':>11}")
+    out(f"{'web hosts':<12} {'deploy s':>9} {'restart s':>10} {'rollback s':>11} "
+        f"{'rollback, one batch s':>22}")  # fmt: skip
     for n, row in result["by_web_hosts"].items():
-        out(f"{n:<12} {row['deploy_s']:9.1f} {row['restart_s']:10.1f} {row['rollback_s']:11.1f}")
+        out(f"{n:<12} {row['deploy_s']:9.1f} {row['restart_s']:10.1f} {row['rollback_s']:11.1f} "
+            f"{row['rollback_one_batch_s']:22.1f}")  # fmt: skip
     d, b, r = result["rolling_deploy"], result["bad_release"], result["rollback"]
     out(f"{'under load, 2 web hosts':<34} {'seconds':>8} {'failed':>7} {'requests':>9}")
     out(f"{'rolling deploy':<34} {d['seconds']!s:>8} {d['failed_requests']!s:>7} "

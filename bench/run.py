@@ -1,6 +1,9 @@
 """Run every benchmark, print its figures, and merge them into one JSON file.
 
-    python3 bench/run.py --out bench/results/latest.json [--only sandbox,app,converge]
+    python3 bench/run.py --out bench/results/latest.json [--only sandbox,app,converge,deploy]
+
+With --only, the other benchmarks' figures already in the file are kept; every
+benchmark's figures carry the time they were measured (`measured_at`).
 
 Each sub-benchmark is a script in this folder that prints a human table on
 stderr and, with --json, one JSON object on stdout. Ratios are printed beside
@@ -44,8 +47,12 @@ def main() -> int:
         },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    only = args.only.split(",")
+    if set(only) != set(BENCHES) and args.out.exists():
+        kept = json.loads(args.out.read_text())
+        results.update({k: v for k, v in kept.items() if k in BENCHES and k not in only})
     failed = []
-    for name in args.only.split(","):
+    for name in only:
         script, extra = BENCHES[name]
         print(f"== bench {name}: {script.name} {' '.join(extra)}", file=sys.stderr, flush=True)
         proc = subprocess.run(
@@ -59,6 +66,7 @@ def main() -> int:
             failed.append(name)
             continue
         results[name] = json.loads(proc.stdout)
+        results[name]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
