@@ -14,7 +14,7 @@ SANDBOX := $(PYTHON) -m tools.sandbox
 PEBBLE := $(PYTHON) tools/pebble.py
 SCENARIO ?= default
 # Parallel pytest workers: Molecule scenarios, app tests and unit tests run side by side.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 
 .PHONY: help venv host sandbox sandbox-down lint unit molecule test bench clean

@@ -95,6 +95,25 @@ def test_upgrade_records_lineage_and_downgrade_keeps_it(fresh_database_url: str)
 
 
 @pytest.mark.services
+def test_upgrade_records_the_lineage_before_the_revision_moves(
+    fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running older release reads the lineage as soon as alembic_version changes."""
+    _psql(fresh_database_url, "DELETE FROM slipway_revision_lineage")
+    migrate.downgrade(Settings(env="test", database_url=fresh_database_url), "base")
+    seen: list[list[tuple[object, ...]]] = []
+    real = migrate.command.upgrade
+
+    def upgrade(cfg: object, revision: str) -> None:
+        seen.append(_psql(fresh_database_url, "SELECT revision FROM slipway_revision_lineage"))
+        real(cfg, revision)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(migrate.command, "upgrade", upgrade)
+    migrate.upgrade(Settings(env="test", database_url=fresh_database_url))
+    assert seen == [[("0001",)]]
+
+
+@pytest.mark.services
 @pytest.mark.anyio
 async def test_ready_at_head_and_behind(
     make_settings: SettingsFactory, fresh_database_url: str

@@ -19,7 +19,7 @@ SCENARIOS = sorted(
 )
 LOG_DIR = REPO / ".cache" / "molecule-logs"
 # The longest a scenario may take before it is stopped and reported.
-TIMEOUT_S = int(os.environ.get("SLIPWAY_MOLECULE_TIMEOUT", "2400"))
+TIMEOUT_S = int(os.environ.get("SLIPWAY_MOLECULE_TIMEOUT", "3600"))
 
 
 @pytest.mark.vm

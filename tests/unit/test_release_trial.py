@@ -280,6 +280,12 @@ def test_ad_hoc_result_reads_the_module_result_as_yaml_or_json() -> None:
         "held": False,
         "lock": None,
     }
+    # as `ansible HOST -m ansible.builtin.command` prints it (the trial's migrations step)
+    said = 'web1 | CHANGED | rc=0 >>\n{"current": ["0001"], "status": "at-head"}\n'
+    assert checks.ad_hoc_result(said) == {
+        "rc": 0,
+        "stdout": '{"current": ["0001"], "status": "at-head"}',
+    }
     with pytest.raises(config.TrialError, match="no module result"):
         checks.ad_hoc_result("web1 | UNREACHABLE!")
 

@@ -143,7 +143,12 @@ def stale_lock(token: str, now: float) -> dict[str, Any]:
 
 def ad_hoc_result(stdout: str) -> dict[str, Any]:
     """The module result of `ansible HOST -m MODULE` output, `HOST | SUCCESS => ` then the
-    result as YAML (ansible.cfg's callback_result_format) or JSON (YAML reads both)."""
+    result as YAML (ansible.cfg's callback_result_format) or JSON (YAML reads both); for
+    command and shell, `HOST | CHANGED | rc=0 >>` then the command's output (rc, stdout)."""
+    head, sep, text = stdout.partition(" >>\n")
+    if sep and "=>" not in head:
+        rc = re.search(r"rc=(-?\d+)", head)
+        return {"rc": int(rc.group(1)) if rc else None, "stdout": text.rstrip("\n")}
     at = stdout.find("=>")
     result = yaml.safe_load(stdout[at + 2 :]) if at >= 0 else None
     if not isinstance(result, dict):

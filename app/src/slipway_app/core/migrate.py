@@ -193,8 +193,10 @@ def record_lineage(settings: Settings, graph: ScriptGraph | None = None) -> None
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
-    command.upgrade(alembic_config(settings), revision)
+    """Lineage first: the instant the database's revision moves, a release still serving
+    must already find the new revision's parents, or its readiness answers 503 (unknown)."""
     record_lineage(settings)
+    command.upgrade(alembic_config(settings), revision)
 
 
 def downgrade(settings: Settings, revision: str) -> None:
