@@ -22,3 +22,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         top = rel.split(os.sep)[0]
         group = "app" if top == "app" else "vm" if item.get_closest_marker("vm") else "unit"
         item.add_marker(pytest.mark.xdist_group(group))
+    # xdist hands each worker one group, then a second one, in this order (pyproject turns
+    # off its reordering by test count): the four longest first, one per worker, then the
+    # short ones behind them, shortest behind the longest; the rest as workers free up.
+    items.sort(key=lambda item: _GROUP_ORDER.get(_group(item), len(_GROUP_ORDER)))
+
+
+# Measured on 2 cores with 4 workers (minutes): cluster 33, split 15, check-mode 11,
+# allinone 12, host-packages 2, default 5, vm 4, app 4, unit 5.
+_GROUP_ORDER = {
+    name: rank
+    for rank, name in enumerate(
+        [
+            "molecule-cluster",
+            "molecule-split",
+            "check-mode",
+            "molecule-allinone",
+            "host-packages",
+            "molecule-default",
+            "vm",
+            "app",
+            "unit",
+        ]
+    )
+}
+
+
+def _group(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("xdist_group")
+    return str(marker.args[0]) if marker and marker.args else ""
