@@ -56,6 +56,9 @@ class Config:
     duration: float = 10.0
     max_requests: int = 100_000
     rate: float | None = None
+    # Under --rate, send the requests a stall held back all at once afterwards (an open-loop
+    # schedule), or not: skip the missed slots and go on at the rate from now.
+    catch_up: bool = True
     out: str | None = None
     summary: str | None = None
     stop_file: str | None = None
@@ -142,6 +145,7 @@ class _Run:
         self.lock = threading.Lock()
         self.out = out
         self.issued = 0
+        self.next_due = 0.0  # --no-catch-up: the next slot
         self.started = time.time()
         self.deadline = time.monotonic() + config.duration
         self.t0 = time.monotonic()
@@ -163,8 +167,12 @@ class _Run:
                 return False
             index = self.issued
             self.issued += 1
+            if self.config.rate and not self.config.catch_up:
+                due = max(self.next_due, time.monotonic())
+                self.next_due = due + 1 / self.config.rate
         if self.config.rate:
-            due = self.t0 + index / self.config.rate
+            if self.config.catch_up:
+                due = self.t0 + index / self.config.rate
             if due >= self.deadline:
                 return False
             wait = due - time.monotonic()
@@ -317,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         "--max-requests", type=int, default=100_000, help=f"request budget (at most {MAX_REQUESTS})"
     )
     parser.add_argument("--rate", type=float, help="requests per second, all connections together")
+    parser.add_argument(
+        "--no-catch-up",
+        action="store_true",
+        help="under --rate, skip the slots a stall missed instead of sending them in a burst",
+    )
     parser.add_argument("--timeout", type=float, default=5.0, help="per request (default 5 s)")
     parser.add_argument("--out", help="JSON lines, one per request")
     parser.add_argument("--summary", help="summary JSON file")
@@ -330,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration,
         max_requests=args.max_requests,
         rate=args.rate,
+        catch_up=not args.no_catch_up,
         timeout=args.timeout,
         out=args.out,
         summary=args.summary,

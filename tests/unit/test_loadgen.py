@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import REPO
+from tools import loadgen
 from tools.loadgen import Config, parse_addr, percentile, run
 
 
@@ -302,3 +303,17 @@ def test_cli_stops_on_sigterm_and_writes_the_summary(
     assert summary == json.loads(stdout)
     assert 0 < summary["total"] == len(out.read_text().splitlines())
     assert summary["duration_s"] < 25
+
+
+@pytest.mark.parametrize("catch_up", [True, False])
+def test_after_a_stall_the_schedule_bursts_only_when_it_catches_up(catch_up: bool) -> None:
+    """A 1 s stall at 20 r/s: the open-loop schedule sends the ~20 missed requests at once,
+    --no-catch-up goes on one request per 50 ms."""
+    config = loadgen.Config(url="http://127.0.0.1:9/", rate=20.0, catch_up=catch_up, duration=10)
+    state = loadgen._Run(config, None)
+    state.t0 -= 1.0  # as if every connection had waited a second for a restart
+    started = time.monotonic()
+    for _ in range(10):
+        assert state.claim()
+    took = time.monotonic() - started
+    assert took < 0.1 if catch_up else took > 0.4

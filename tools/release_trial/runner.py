@@ -72,9 +72,15 @@ def load_argv(o: argparse.Namespace, step: str, out: Path) -> list[str]:
         "--stop-file": out / f"{step}-stop",
         "--out": out / f"{step}-requests.jsonl",
         "--summary": out / f"{step}-load.json",
+        # A request that waits through a restart on a loaded machine is slow, not failed:
+        # nginx itself gives up after 60 s (504), so the client waits 30 s, not loadgen's 5.
+        "--timeout": 30,
     }
     pairs = [(k, str(v)) for k, v in options.items() if v is not None]
-    return [sys.executable, "-m", "tools.loadgen", *(x for pair in pairs for x in pair)]
+    # Steady at --rate: what a restart held back is not sent as one burst afterwards (that
+    # burst would meet nginx's per-address limit, a 429 that says nothing about the deploy).
+    flags = ["--no-catch-up"] if o.rate else []
+    return [sys.executable, "-m", "tools.loadgen", *(x for pair in pairs for x in pair), *flags]
 
 
 @dataclass
