@@ -51,7 +51,7 @@ lint: venv ## ansible-lint (production profile), yamllint, ruff, mypy
 	yamllint --strict .
 	ruff check .
 	ruff format --check .
-	mypy tools plugins app/src
+	mypy tools plugins app/src roles/postgresql_backup/files/slipway_backup
 
 unit: venv ## Unit and app tests only (no VMs)
 	pytest -m "not vm" -n $(TEST_WORKERS) $(PYTEST_ARGS)
