@@ -56,12 +56,17 @@ class Config:
             raise BackupError(
                 f"cannot read {path}: {exc}; converge the postgresql_backup role"
             ) from exc
-        paths = ("data_dir", "bin_dir", "state_dir", "metrics_path", "scratch_dir")
-        for key in paths:
-            raw[key] = Path(raw[key])
-        raw["dump_dir"] = Path(raw["dump_dir"]) if raw.get("dump_dir") else None
-        raw["verify_tables"] = tuple(raw.get("verify_tables") or ())
-        return cls(**raw)
+        try:
+            for key in ("data_dir", "bin_dir", "state_dir", "metrics_path", "scratch_dir"):
+                raw[key] = Path(raw[key])
+            raw["dump_dir"] = Path(raw["dump_dir"]) if raw.get("dump_dir") else None
+            raw["verify_tables"] = tuple(raw.get("verify_tables") or ())
+            return cls(**raw)
+        except (KeyError, TypeError) as exc:
+            raise BackupError(
+                f"{path} is incomplete or has unknown settings ({exc}); converge the "
+                "postgresql_backup role"
+            ) from exc
 
 
 def log(message: str) -> None:

@@ -30,19 +30,24 @@ class State:
 
 @dataclass
 class Metrics:
-    lines: list[str] = field(default_factory=list)
-    declared: set[str] = field(default_factory=set)
+    """Gauges in the text exposition format: each metric's HELP, TYPE and samples together,
+    in the order the metrics were first added."""
+
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, name: str, value: float, help_text: str, **labels: str) -> None:
-        if name not in self.declared:
-            self.declared.add(name)
-            self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        group = self.groups.setdefault(name, [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"])
+        text = ",".join(f'{k}="{escape(v)}"' for k, v in sorted(labels.items()))
         number = format(value, ".15g")
-        self.lines.append(f"{name}{{{text}}} {number}" if text else f"{name} {number}")
+        group.append(f"{name}{{{text}}} {number}" if text else f"{name} {number}")
 
     def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+        return "".join(line + "\n" for group in self.groups.values() for line in group)
+
+
+def escape(value: str) -> str:
+    """A label value as the exposition format writes it."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def archive_status(cfg: Config) -> dict[str, float]:

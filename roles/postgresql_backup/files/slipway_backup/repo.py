@@ -78,7 +78,11 @@ def parse_time(text: str) -> float:
     '2026-12-02T10:15:00Z'). A time without a zone is refused: it would be read in the
     server's zone and the operator may mean another."""
     cleaned = text.strip().replace("Z", "+00:00")
-    if re.search(r"[+-]\d\d$", cleaned):
+    if not re.search(r"\d[T ]\d", cleaned):
+        raise BackupError(
+            f"the time {text!r} has no time of day: write it as '2026-12-02 10:15:00+00'"
+        )
+    if re.search(r"\d:\d\d(:\d\d(\.\d+)?)?[+-]\d\d$", cleaned):  # +HH after the time: +HH:00
         cleaned += ":00"
     try:
         moment = datetime.fromisoformat(cleaned)
@@ -165,7 +169,13 @@ def verify_set(cfg: Config, label: str) -> dict[str, Any]:
     started = now()
     proc = pgbackrest(cfg, "verify", f"--set={label}", "--output=text", check=False)
     said = (proc.stdout + proc.stderr).strip()
-    bad = proc.returncode != 0 or bool(re.search(r"(invalid|missing|error)", proc.stdout, re.I))
+    bad = proc.returncode != 0 or bool(
+        re.search(
+            r"^status: (?!ok$)|\bstatus: invalid\b|\b(checksum invalid|missing)\b",
+            proc.stdout,
+            re.M,
+        )
+    )
     return {
         "set": label,
         "ok": not bad,

@@ -25,7 +25,7 @@ def salvage_wal(old: Path, new: Path) -> int:
         return 0
     for segment in sorted(src.iterdir()):
         if (
-            re.fullmatch(r"[0-9A-F]{24}(\.partial)?", segment.name)
+            re.fullmatch(r"[0-9A-F]{24}(\.partial)?|[0-9A-F]{8}\.history", segment.name)
             and not (dst / segment.name).exists()
         ):
             shutil.copy2(segment, dst / segment.name)
@@ -35,6 +35,8 @@ def salvage_wal(old: Path, new: Path) -> int:
 
 
 def cmd_restore(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    if not args.scratch and not args.confirm:
+        raise BackupError("a restore over the live database needs --confirm")
     target = target_from(cfg, args)
     checked = verify_set(cfg, target.backup.label)
     if not checked["ok"]:
@@ -58,8 +60,6 @@ def cmd_restore(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         result["remove_with"] = "slipway-backup drop-scratch"
         result["ok"] = True
         return result
-    if not args.confirm:
-        raise BackupError("a restore over the live database needs --confirm")
     started = now()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = cfg.data_dir.with_name(f"{cfg.data_dir.name}.before-restore-{stamp}")
