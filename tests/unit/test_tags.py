@@ -26,7 +26,7 @@ import yaml
 from tests.conftest import REPO, AnsibleRunner
 
 GROUPS = ["lb", "web", "worker", "db", "redis", "monitoring"]
-ROLES = ["base", "postgresql", "redis", "python", "app", "nginx", "certbot"]
+ROLES = ["base", "postgresql", "postgresql_backup", "redis", "python", "app", "nginx", "certbot"]
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def test_the_site_preflight_runs_under_any_tag(tasks: list[Task]) -> None:
 
 
 def backticked(text: str) -> set[str]:
-    return set(re.findall(r"`([a-z]+)`", text))
+    return set(re.findall(r"`([a-z_]+)`", text))
 
 
 def section(text: str, heading: str) -> str:
