@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -446,3 +447,21 @@ def test_main_locked_commands_wait_for_the_lock(
         assert (rc, [b["label"] for b in result["backups"]][:2]) == (0, [FULL, DIFF])
     rc, result, _ = run_main(capsys, "drop-scratch")
     assert (rc, result) == (0, {"ok": True, "removed": False, "path": str(loaded.scratch_dir)})
+
+
+def test_wait_promoted_fails_at_once_when_postgres_is_gone(tmp_path: Path) -> None:
+    """A recovery that stopped (no postmaster.pid) fails the wait at once with the log's end,
+    instead of polling until the deadline."""
+    log = tmp_path / "startup.log"
+    log.write_text("FATAL:  recovery ended before configured recovery target was reached\n")
+    started = time.monotonic()
+    with pytest.raises(BackupError, match="stopped during recovery: .*recovery target"):
+        verify.wait_promoted(
+            None,  # type: ignore[arg-type]  # never reaches psql
+            port=5433,
+            host=None,
+            data_dir=tmp_path,
+            log_file=log,
+            deadline_s=3600,
+        )
+    assert time.monotonic() - started < 5

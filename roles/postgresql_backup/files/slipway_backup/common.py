@@ -48,6 +48,11 @@ class Config:
     dump_keep: int = 7
     process_max: int = 2
 
+    @property
+    def log_file(self) -> Path:
+        """Debian's log of the cluster (pg_ctlcluster writes it)."""
+        return Path(f"/var/log/postgresql/postgresql-{self.pg_version}-{self.data_dir.name}.log")
+
     @classmethod
     def load(cls, path: Path = CONFIG_PATH) -> Config:
         try:

@@ -74,7 +74,14 @@ def cmd_restore(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         if target.kind == "latest":
             result["wal_salvaged"] = salvage_wal(aside, cfg.data_dir)
         run(["systemctl", "start", cfg.unit], user=None)
-        wait_promoted(cfg, port=cfg.pg_port, host=None, deadline_s=3600)
+        wait_promoted(
+            cfg,
+            port=cfg.pg_port,
+            host=None,
+            data_dir=cfg.data_dir,
+            log_file=cfg.log_file,
+            deadline_s=3600,
+        )
     except (BackupError, OSError, subprocess.TimeoutExpired) as exc:
         failed = cfg.data_dir.with_name(f"{cfg.data_dir.name}.failed-restore-{stamp}")
         run(["systemctl", "stop", cfg.unit], user=None, check=False)

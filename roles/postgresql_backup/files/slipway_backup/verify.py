@@ -57,14 +57,15 @@ def live_point(cfg: Config, name: str) -> dict[str, list[str]]:
     written before the lock is released. So the rows the sums saw are exactly the rows a
     recovery to that restore point has. Then the WAL is switched so the point gets archived."""
     names = tables(cfg)
-    if not names:
-        return {}
     script = (
         f"SET lock_timeout = '{cfg.verify_lock_timeout_s}s';\n"
         "BEGIN;\n"
-        f"LOCK TABLE {', '.join(names)} IN SHARE MODE;\n"
-        f"{checksum_sql(names)};\n"
-        f"SELECT 'restore point', pg_create_restore_point('{name}'), '';\n"
+        + (
+            f"LOCK TABLE {', '.join(names)} IN SHARE MODE;\n{checksum_sql(names)};\n"
+            if names
+            else ""
+        )
+        + f"SELECT 'restore point', pg_create_restore_point('{name}'), '';\n"
         "COMMIT;\n"
     )
     argv = [
@@ -137,10 +138,16 @@ def pg_ctl(cfg: Config, path: Path, *args: str, timeout: float = 3600) -> None:
     run([str(cfg.bin_dir / "pg_ctl"), "-D", str(path), *args], timeout=timeout)
 
 
-def wait_promoted(cfg: Config, *, port: int, host: str | None, deadline_s: float) -> None:
-    """Wait until the cluster on port has finished recovery and accepts writes."""
+def wait_promoted(
+    cfg: Config, *, port: int, host: str | None, data_dir: Path, log_file: Path, deadline_s: float
+) -> None:
+    """Wait until the cluster on port has finished recovery and accepts writes; fail at once,
+    with the end of its log, if its postmaster is gone (a recovery that stopped)."""
     limit = now() + deadline_s
     while True:
+        if not (data_dir / "postmaster.pid").exists():
+            said = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
+            raise BackupError(f"PostgreSQL in {data_dir} stopped during recovery: {said}")
         try:
             rows = psql(
                 cfg, "SELECT pg_is_in_recovery()", database="postgres", port=port, host=host
@@ -188,7 +195,14 @@ def scratch_restore(
             else ""
         )
         raise BackupError(f"the restored cluster did not start: {said[-1500:]}") from exc
-    wait_promoted(cfg, port=port, host=str(path / "run"), deadline_s=3600)
+    wait_promoted(
+        cfg,
+        port=port,
+        host=str(path / "run"),
+        data_dir=path,
+        log_file=path / "startup.log",
+        deadline_s=3600,
+    )
     return {
         "path": str(path),
         "port": port,
