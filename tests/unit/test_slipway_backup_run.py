@@ -455,7 +455,7 @@ def test_wait_promoted_fails_at_once_when_postgres_is_gone(tmp_path: Path) -> No
     log = tmp_path / "startup.log"
     log.write_text("FATAL:  recovery ended before configured recovery target was reached\n")
     started = time.monotonic()
-    with pytest.raises(BackupError, match="stopped during recovery: .*recovery target"):
+    with pytest.raises(BackupError, match=r"stopped during recovery: .*recovery target"):
         verify.wait_promoted(
             None,  # type: ignore[arg-type]  # never reaches psql
             port=5433,
