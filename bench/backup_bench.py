@@ -56,6 +56,7 @@ MATRIX = [("zst", 3, 1), ("zst", 3, 2), ("lz4", 1, 2), ("gz", 6, 2)]
 ARCHIVE_TIMEOUT_S, NIGHTLY_DUMP_S, CRASH_AFTER_SWITCH_S = 60, 86400, 40
 WRITER_ROWS, WRITER_MAX_S = 1200, 90
 SCRATCH_SOCKET = "/var/lib/postgresql/slipway-scratch/run"
+TOOL = "/usr/local/sbin/slipway-backup"
 PG = "runuser -u postgres --"
 PSQL = f"{PG} psql -X -A -t -q -v ON_ERROR_STOP=1"
 
@@ -64,19 +65,13 @@ def log(message: str) -> None:
     print(f"backup-bench: {message}", file=sys.stderr, flush=True)
 
 
-def timed(command: str) -> str:
-    """A remote script line that runs command and prints its seconds as `@@elapsed S`."""
-    return (
-        f"s=$(date +%s%N)\n{command}\n"
-        'echo "@@elapsed $(( ($(date +%s%N) - s) / 1000000 ))"\n'
-    )
+def timed(command: str, tag: str = "@@elapsed") -> str:
+    """Remote script lines that run command and print its seconds as `TAG MILLISECONDS`."""
+    return f's=$(date +%s%N)\n{command}\necho "{tag} $(( ($(date +%s%N) - s) / 1000000 ))"\n'
 
 
-def elapsed(out: str) -> float:
-    for line in out.splitlines():
-        if line.startswith("@@elapsed "):
-            return int(line.split()[1]) / 1000.0
-    raise SystemExit(f"backup-bench: no @@elapsed line in: {out[-300:]}")
+def elapsed(out: str, tag: str = "@@elapsed") -> float:
+    return int(tagged(out, tag)[0]) / 1000.0
 
 
 def generate_sql(size_mb: int) -> str:
@@ -90,9 +85,11 @@ CREATE TABLE orders (id bigserial PRIMARY KEY, created timestamptz NOT NULL, cus
 INSERT INTO orders (created, customer, title, body)
 SELECT now() - i * interval '7 seconds', 'c' || (i % 5000), 'order ' || md5(i::text),
   jsonb_build_object('status', (ARRAY['new','paid','shipped','returned'])[1 + i % 4],
-    'amount', round((random() * 1000)::numeric, 2), 'tags', jsonb_build_array('t' || i % 17, 't' || i % 31),
+    'amount', round((random() * 1000)::numeric, 2),
+    'tags', jsonb_build_array('t' || i % 17, 't' || i % 31),
     'lines', jsonb_build_array(jsonb_build_object('sku', 'sku-' || i % 997, 'qty', 1 + i % 5)),
-    'note', md5(i::text) || ' ' || repeat(substr(md5((i * 7)::text), 1, 8) || ' ', 12))
+    'note', concat_ws(' ', md5(i::text), md5((i * 7)::text), md5((i * 13)::text),
+      md5((i * 31)::text)))
 FROM generate_series(1, {rows}) AS i;
 CREATE INDEX orders_created ON orders (created);
 CREATE INDEX orders_customer_status ON orders (customer, (body->>'status'));
@@ -105,20 +102,17 @@ CHECKPOINT;
         f"{PG} pgbench -i -q -s {scale} benchdb 2>&1 | tail -1\n"
         f"{PSQL} -d benchdb <<'SQL'\n{orders}SQL\n"
         f"{PSQL} -d benchdb -c \"SELECT 'db', pg_database_size('benchdb'), "
-        "(SELECT sum(pg_database_size(oid)) FROM pg_database)\"\n"
+        '(SELECT sum(pg_database_size(oid)) FROM pg_database)"\n'
     )
 
 
 def baseline_script() -> str:
     dump = f"{PG} pg_dump benchdb | gzip > /var/tmp/bench.sql.gz"
-    load = (
-        "gunzip -c /var/tmp/bench.sql.gz | "
-        f"{PSQL} -d benchdb_restore -o /dev/null"
-    )
+    load = f"gunzip -c /var/tmp/bench.sql.gz | {PSQL} -d benchdb_restore -o /dev/null"
     return (
         f"{PG} dropdb --if-exists benchdb_restore\n{timed(dump)}"
         'echo "@@file_bytes $(stat -c %s /var/tmp/bench.sql.gz)"\n'
-        f"{PG} createdb benchdb_restore\n{timed(load).replace('@@elapsed', '@@restore')}"
+        f"{PG} createdb benchdb_restore\n{timed(load, '@@restore')}"
         f"{PG} dropdb benchdb_restore\nrm -f /var/tmp/bench.sql.gz\n"
         f"{PSQL} -d postgres -c CHECKPOINT\n"
     )
@@ -136,7 +130,8 @@ rm -f /var/tmp/rp-acks && install -o postgres -m 0644 /dev/null /var/tmp/rp-acks
 cat > /var/tmp/rp-writer.sh <<'EOF'
 # one committed row every ~70 ms, at most {WRITER_ROWS} rows; stops at the first failure
 for n in $(seq 1 {WRITER_ROWS}); do
-  out=$(psql -X -A -t -q -d benchdb -c "INSERT INTO rp (n) VALUES ($n) RETURNING n, extract(epoch FROM ts)") || exit 0
+  out=$(psql -X -A -t -q -d benchdb \\
+    -c "INSERT INTO rp (n) VALUES ($n) RETURNING n, extract(epoch FROM ts)") || exit 0
   echo "$out" >> /var/tmp/rp-acks
   sleep 0.07
 done
@@ -148,10 +143,14 @@ sleep 3
 echo "@@switched $(date +%s.%N)"
 """
 CRASH = f"""
-{PSQL} -d postgres -c "SELECT '@@archived', extract(epoch FROM last_archived_time) FROM pg_stat_archiver"
+{PSQL} -d postgres \\
+  -c "SELECT '@@archived', extract(epoch FROM last_archived_time) FROM pg_stat_archiver"
 kill -9 "$(head -1 /var/lib/postgresql/15/main/postmaster.pid)"
 echo "@@crashed $(date +%s.%N)"
-for _ in $(seq 1 200); do kill -0 "$(cat /var/tmp/rp-writer.pid)" 2>/dev/null || break; sleep 0.5; done
+for _ in $(seq 1 200); do
+  kill -0 "$(cat /var/tmp/rp-writer.pid)" 2>/dev/null || break
+  sleep 0.5
+done
 echo "@@acked $(tail -1 /var/tmp/rp-acks)"
 """
 MAX_TS = "SELECT '@@max', extract(epoch FROM max(ts)), count(*) FROM rp"
@@ -179,22 +178,23 @@ class Bench:
         self.env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
                     "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}  # fmt: skip
 
-    def sh(self, name: str, argv: list[str], timeout: float, stdin: str = "") -> str:
+    def sh(self, name: str, argv: list[str], timeout: float) -> str:
         """Run argv with output to WORK/logs/NAME.log; its stdout. A non-zero exit or a
         timeout stops the bench with the log's last lines."""
         path = WORK / "logs" / f"{name}.log"
-        log(f"{name}: {shlex.join(argv)}{' <<script' if stdin else ''} > {path}")
+        log(f"{name}: {shlex.join(argv)[:150]} > {path}")
         if self.dry:
-            print(f"# {name}\n{shlex.join(argv)}" + (f" <<'EOF'\n{stdin}EOF" if stdin else ""))
+            print(f"# {name}\n{shlex.join(argv)}")
             return ""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            proc = subprocess.run(argv, cwd=REPO, env=self.env, input=stdin, capture_output=True,
-                                  text=True, timeout=timeout, check=False)  # fmt: skip
+            proc = subprocess.run(argv, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=timeout,
+                                  check=False)  # fmt: skip
         except subprocess.TimeoutExpired as exc:
-            path.write_text(f"$ {shlex.join(argv)}\n{stdin}\n(timed out)\n")
+            path.write_text(f"$ {shlex.join(argv)}\n(timed out)\n")
             raise SystemExit(f"backup-bench: {name} ran past {timeout:.0f} s; read {path}") from exc
-        path.write_text(f"$ {shlex.join(argv)}\n{stdin}\n--- stdout\n{proc.stdout}\n"
+        path.write_text(f"$ {shlex.join(argv)}\n--- stdout\n{proc.stdout}\n"
                         f"--- stderr\n{proc.stderr}")  # fmt: skip
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
@@ -205,8 +205,9 @@ class Bench:
         """A bash script run as root on the VM over SSH (its bridge address only)."""
         argv = ["ssh", "-i", KEY, "-o", "StrictHostKeyChecking=no", "-o",
                 "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
-                f"root@{self.address}", "cd / && bash -euo pipefail -s"]  # fmt: skip
-        return self.sh(name, argv, timeout, stdin=script)
+                f"root@{self.address}",
+                f"cd / && bash -euo pipefail -c {shlex.quote(script)}"]  # fmt: skip
+        return self.sh(name, argv, timeout)
 
     def up(self) -> None:
         inventory = WORK / "inventory"
@@ -234,13 +235,15 @@ class Bench:
         out = self.vm("generate", generate_sql(size_mb))
         db_bytes, cluster_bytes = (int(x) for x in tagged(out, "db")) if not self.dry else (1, 1)
         mb = db_bytes / 2**20
-        r: dict[str, Any] = {"database_mb": round(mb, 1), "cluster_mb": round(cluster_bytes / 2**20, 1)}
+        r: dict[str, Any] = {
+            "database_mb": round(mb, 1),
+            "cluster_mb": round(cluster_bytes / 2**20, 1),
+        }
         log(f"benchdb: {mb:.0f} MB (cluster {cluster_bytes / 2**20:.0f} MB)")
 
         out = self.vm("baseline", baseline_script())
         if not self.dry:
-            dump_s, load_s = elapsed(out), elapsed(out.replace("@@restore", "@@elapsed", 1)
-                                                   .replace("@@elapsed", "@@x", 1))  # fmt: skip
+            dump_s, load_s = elapsed(out), elapsed(out, "@@restore")
             r["pg_dump_gzip"] = {"backup_s": round(dump_s, 1), "backup_mb_s": round(mb / dump_s, 1),
                                  "file_mb": round(int(tagged(out, "@@file_bytes")[0]) / 2**20, 1),
                                  "restore_s": round(load_s, 1),
@@ -252,7 +255,8 @@ class Bench:
             out = self.vm(f"matrix-{kind}{level}-p{procs}", matrix_script(kind, level, procs))
             if self.dry:
                 continue
-            newest = json.loads(out[out.index("[") :])[0]["backup"][-1]
+            info = next(x for x in out.splitlines() if x.startswith("["))
+            newest = json.loads(info)[0]["backup"][-1]
             row = {"compress_type": kind, "compress_level": level, "process_max": procs,
                    "backup_s": round(elapsed(out), 1),
                    "repo_mb": round(newest["info"]["repository"]["delta"] / 2**20, 1),
@@ -260,14 +264,15 @@ class Bench:
             r["compression"].append(row)
             log(f"matrix: {row}")
 
-        out = self.vm("backup-default", "/usr/local/sbin/slipway-backup backup --type full --no-verify\n")
-        restore = self.vm("restore-scratch", "/usr/local/sbin/slipway-backup restore --latest --scratch\n"
-                          "/usr/local/sbin/slipway-backup drop-scratch >/dev/null\n")  # fmt: skip
+        out = self.vm("backup-default", f"{TOOL} backup --type full --no-verify\n")
+        restore = self.vm("restore-scratch", f"{TOOL} restore --latest --scratch\n"
+                          f"{TOOL} drop-scratch >/dev/null\n")  # fmt: skip
         if not self.dry:
             b, s = tool_json(out), tool_json(restore)
             backup_s = float(b["backup_seconds"])
             restore_s = s["scratch"]["restore_seconds"] + s["scratch"]["recovery_seconds"]
-            r["pgbackrest"] = {"backup_s": round(backup_s, 1), "backup_mb_s": round(mb / backup_s, 1),
+            r["pgbackrest"] = {"backup_s": round(backup_s, 1),
+                               "backup_mb_s": round(mb / backup_s, 1),
                                "repo_mb": round(b["repo_bytes"] / 2**20, 1),
                                "restore_s": round(restore_s, 1),
                                "restore_mb_s": round(mb / restore_s, 1),
@@ -288,10 +293,10 @@ class Bench:
             log(f"writer running; crash in {CRASH_AFTER_SWITCH_S} s (after the WAL switch)")
             time.sleep(CRASH_AFTER_SWITCH_S)
         crash = self.vm("rp-crash", CRASH, 300)
-        lost = self.vm("rp-host-lost", "/usr/local/sbin/slipway-backup restore --latest --scratch\n"
+        lost = self.vm("rp-host-lost", f"{TOOL} restore --latest --scratch\n"
                        f"{PSQL} -h {SCRATCH_SOCKET} -p 5433 -d benchdb -c \"{MAX_TS}\"\n"
-                       "/usr/local/sbin/slipway-backup drop-scratch >/dev/null\n")  # fmt: skip
-        kept = self.vm("rp-disk-kept", "/usr/local/sbin/slipway-backup restore --latest --live "
+                       f"{TOOL} drop-scratch >/dev/null\n")  # fmt: skip
+        kept = self.vm("rp-disk-kept", f"{TOOL} restore --latest --live "
                        f"--confirm\n{PSQL} -d benchdb -c \"{MAX_TS}\"\n")  # fmt: skip
         result: dict[str, Any] = {"archive_timeout_s": ARCHIVE_TIMEOUT_S,
                                   "nightly_dump_s": NIGHTLY_DUMP_S}  # fmt: skip
@@ -299,15 +304,23 @@ class Bench:
             return result
         acked = tagged(crash, "@@acked")
         if len(acked) < 2:
-            raise SystemExit("backup-bench: the writer saw no commit acknowledged; read rp-crash.log")
+            raise SystemExit(
+                "backup-bench: the writer saw no commit acknowledged; read rp-crash.log"
+            )
         ack_n, ack_ts = int(acked[0]), float(acked[1])
-        switched, crashed = float(tagged(out, "@@switched")[0]), float(tagged(crash, "@@crashed")[0])
+        switched, crashed = (
+            float(tagged(out, "@@switched")[0]),
+            float(tagged(crash, "@@crashed")[0]),
+        )
         for key, text in (("host_lost", lost), ("crash_disk_kept", kept)):
             max_ts, rows = tagged(text, "@@max")
             result[f"{key}_s"] = round(max(0.0, ack_ts - float(max_ts)), 2)
             result[f"{key}_rows_lost"] = max(0, ack_n - int(rows))
-        result.update(acked_rows=ack_n, crash_after_wal_switch_s=round(crashed - switched, 1),
-                      archived_before_crash_s=round(crashed - float(tagged(crash, "@@archived")[0]), 1))
+        result.update(
+            acked_rows=ack_n,
+            crash_after_wal_switch_s=round(crashed - switched, 1),
+            archived_before_crash_s=round(crashed - float(tagged(crash, "@@archived")[0]), 1),
+        )
         log(f"recovery point: {result}")
         return result
 
@@ -324,18 +337,25 @@ def table(r: dict[str, Any]) -> None:
     out(f"{'pgBackRest (defaults)':<22} {p['backup_s']:9.1f} {p['backup_mb_s']:7.1f} "
         f"{p['repo_mb']:8.1f} {p['restore_s']:10.1f} {p['restore_mb_s']:7.1f}")  # fmt: skip
     out(f"{'ratio (dump / pgbr)':<22} {q['backup']:9.2f} {'':>7} {'':>8} {q['restore']:10.2f}")
-    out(f"goal: {r['goal']}: {'met' if r['goal_met'] else 'NOT met'} "
-        f"(pgbackrest verify before the restore, not counted: {p['verify_before_restore_s']} s)")
+    out(
+        f"goal: {r['goal']}: {'met' if r['goal_met'] else 'NOT met'} "
+        f"(pgbackrest verify before the restore, not counted: {p['verify_before_restore_s']} s)"
+    )
     out(f"{'compression':<22} {'backup s':>9} {'repo MB':>8}")
     for c in r["compression"]:
         name = f"{c['compress_type']} {c['compress_level']}, process-max {c['process_max']}"
-        out(f"{name:<22} {c['backup_s']:9.1f} {c['repo_mb']:8.1f}{'  (default)' if c['default'] else ''}")
+        out(
+            f"{name:<22} {c['backup_s']:9.1f} {c['repo_mb']:8.1f}"
+            + ("  (default)" if c["default"] else "")
+        )
     rp = r["recovery_point"]
-    out(f"recovery point (committed writes lost; crash {rp['crash_after_wal_switch_s']} s after a "
+    out(
+        f"recovery point (committed writes lost; crash {rp['crash_after_wal_switch_s']} s after a "
         f"WAL switch): host lost {rp['host_lost_s']} s ({rp['host_lost_rows_lost']} rows), "
         f"crash with disk kept {rp['crash_disk_kept_s']} s ({rp['crash_disk_kept_rows_lost']} "
         f"rows); archive_timeout {rp['archive_timeout_s']} s; nightly pg_dump up to "
-        f"{rp['nightly_dump_s']} s")
+        f"{rp['nightly_dump_s']} s"
+    )
 
 
 def main() -> int:

@@ -30,6 +30,9 @@ BENCHES = {
     # Releases on a 6-VM cluster: deploy/restart/rollback seconds on 1-3 web hosts, and
     # tools/release_trial under load on 2 (also bench/results/deploy_timeline.png).
     "deploy": (HERE / "deploy_bench.py", []),
+    # pg_dump|gzip against pgBackRest (role defaults) on a 1 GB database, a compression
+    # matrix, and the recovery point of a crash (one VM).
+    "backup": (HERE / "backup_bench.py", []),
 }
 
 
