@@ -77,12 +77,45 @@ INFO: list[dict[str, Any]] = [
         },
     }
 ]
-# `pgbackrest verify --set=... --output=text` as pgBackRest 2.45 printed it here.
-VERIFY_OK = "stanza: slipway\nstatus: ok\n"
+# `pgbackrest verify --set=... --output=text --verbose` as pgBackRest 2.45 printed it here
+# (it reports every backup of the repository, whatever --set says).
+WAL_OK = (
+    "  archiveId: 15-1, total WAL checked: 8, total valid WAL: 8\n"
+    "    missing: 0, checksum invalid: 0, size invalid: 0, other: 0\n"
+)
+
+
+def verify_line(label: str, valid: bool) -> str:
+    files = "total files checked: 1275, total valid files: " + ("1275" if valid else "1274")
+    counts = "missing: 0, checksum invalid: " + ("0" if valid else "1")
+    status = "valid" if valid else "invalid"
+    return (
+        f"  backup: {label}, status: {status}, {files}\n    {counts}, size invalid: 0, other: 0\n"
+    )
+
+
+VERIFY_OK = (
+    "stanza: slipway\nstatus: ok\n" + WAL_OK + verify_line(FULL, True) + verify_line(DIFF, True)
+)
+# The full backup damaged: it and the diff that references it are invalid.
 VERIFY_BAD = (
     "stanza: slipway\nstatus: error\n"
-    "  backup: 20261202-112545F, status: invalid, total files checked: 1271, "
-    "total valid files: 1270\n    checksum invalid: 1\n"
+    + WAL_OK
+    + verify_line(FULL, False)
+    + verify_line(DIFF, False)
+)
+# An older full damaged, the set asked about (a newer full) intact: the top status says error.
+NEWER = "20261202-131500F"
+VERIFY_OLDER_BAD = (
+    "stanza: slipway\nstatus: error\n"
+    + WAL_OK
+    + verify_line(FULL, False)
+    + verify_line(NEWER, True)
+)
+VERIFY_WAL_BAD = (
+    "stanza: slipway\nstatus: error\n"
+    "  archiveId: 15-1, total WAL checked: 8, total valid WAL: 7\n"
+    "    missing: 0, checksum invalid: 1, size invalid: 0, other: 0\n" + verify_line(FULL, True)
 )
 
 
@@ -429,30 +462,56 @@ def test_time_target_args_keep_microseconds() -> None:
 
 
 @pytest.mark.parametrize(
-    ("rc", "out", "err", "ok"),
+    ("rc", "out", "err", "label", "references", "problems"),
     [
-        (0, VERIFY_OK, "", True),
-        (0, VERIFY_BAD, "", False),  # pgBackRest 2.45 exits 0 here: the text decides
-        (1, VERIFY_BAD, "", False),
-        (82, "", "ERROR: [082]: backup set 20261202-112545F is not valid", False),
+        (0, VERIFY_OK, "", DIFF, [FULL], []),
+        # pgBackRest 2.45 exits 0 here: the text decides.
+        (0, VERIFY_BAD, "", FULL, [], [f"backup {FULL} is invalid"]),
+        (
+            0,
+            VERIFY_BAD,
+            "",
+            DIFF,
+            [FULL],
+            [f"backup {FULL} is invalid", f"backup {DIFF} is invalid"],
+        ),
+        (0, VERIFY_OLDER_BAD, "", NEWER, [], []),
+        (0, VERIFY_WAL_BAD, "", FULL, [], ["1 of 8 WAL segments of 15-1 are invalid"]),
+        (
+            82,
+            "",
+            f"ERROR: [082]: backup set {FULL} is not valid",
+            FULL,
+            [],
+            ["pgbackrest verify exited 82", f"pgbackrest verify did not report backup {FULL}"],
+        ),
     ],
 )
 def test_verify_set(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rc: int, out: str, err: str, ok: bool
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    rc: int,
+    out: str,
+    err: str,
+    label: str,
+    references: list[str],
+    problems: list[str],
 ) -> None:
-    """A set passes only when pgbackrest verify exits 0 and reports no invalid/missing file;
-    its output is kept either way."""
+    """A set passes only when pgbackrest verify exits 0 and its own line and those of the
+    backups it references say valid, with no invalid WAL; other backups' damage does not
+    count against it. Its output is kept either way."""
     fake = FakeRun({"verify": (rc, out, err)})
     monkeypatch.setattr(common, "run", fake)
     clock = iter([1000.0, 1012.34])
     monkeypatch.setattr(repo, "now", lambda: next(clock))
-    result = repo.verify_set(config(tmp_path), "20261202-112545F")
+    result = repo.verify_set(config(tmp_path), label, references)
     assert fake.calls == [
-        ["pgbackrest", "--stanza=slipway", "verify", "--set=20261202-112545F", "--output=text"]
+        ["pgbackrest", "--stanza=slipway", "verify", f"--set={label}", "--output=text", "--verbose"]
     ]
     assert result == {
-        "set": "20261202-112545F",
-        "ok": ok,
+        "set": label,
+        "ok": not problems,
+        "problems": problems,
         "seconds": 12.3,
         "output": (out + err).strip(),
     }

@@ -372,7 +372,9 @@ def test_main_restore_scratch_port_defaults_to_config(
     monkeypatch: pytest.MonkeyPatch, loaded: Config, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """restore --scratch without --port uses the configured scratch port and the set's args."""
-    monkeypatch.setattr(restore, "verify_set", lambda c, label: {"ok": True, "seconds": 1.0})
+    monkeypatch.setattr(
+        restore, "verify_set", lambda c, label, refs=(): {"ok": True, "seconds": 1.0}
+    )
     calls: list[tuple[list[str], int]] = []
 
     def scratch(c: Config, args: list[str], *, port: int, keep: bool) -> dict[str, Any]:
@@ -402,9 +404,9 @@ def test_main_check_target_refuses_a_damaged_set(
         "time": "2026-12-02T11:00:00.000000+00:00",
     }
     assert result["verify"]["ok"] is False
-    assert "checksum invalid: 1" in result["error"]
+    assert f"backup {FULL} is invalid" in result["error"]
     assert result["error"].endswith("-- pick another with --set (slipway-backup list)")
-    assert fake.calls[-1][2:] == ["verify", f"--set={FULL}", "--output=text"]
+    assert fake.calls[-1][2:] == ["verify", f"--set={FULL}", "--output=text", "--verbose"]
 
 
 def test_main_check_target_passes(

@@ -36,10 +36,18 @@ def exclusive(cfg: Config) -> Iterator[None]:
 def cmd_backup(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     state = State(cfg)
     started = now()
-    result: dict[str, Any] = {"type": args.type, "started": iso(started), "ok": False}
+    kind = args.type
+    result: dict[str, Any] = {"type": kind, "started": iso(started), "ok": False}
+    last_verify = state.data.get("verify") or {}
+    if kind != "full" and last_verify.get("ok") is False:
+        # A diff or incr stands on the backups before it; after a failed verification those
+        # may be damaged, so this one is taken as a full (and the schedule goes on from it).
+        kind = result["type"] = "full"
+        result["promoted"] = f"{args.type} taken as full: the last verification failed"
+        log(result["promoted"])
     try:
-        log(f"{args.type} backup of stanza {cfg.stanza}")
-        pgbackrest(cfg, "backup", f"--type={args.type}")
+        log(f"{kind} backup of stanza {cfg.stanza}")
+        pgbackrest(cfg, "backup", f"--type={kind}")
         backup_done = now()
         found, _ = backups(cfg)
         newest = found[-1]
@@ -63,10 +71,10 @@ def cmd_backup(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         result["error"] = str(exc)
     result["finished"] = now()
     result["seconds"] = round(result["finished"] - started, 1)
-    state.record(f"backup_{args.type}", {k: result.get(k) for k in ("ok", "finished", "error")})
+    state.record(f"backup_{kind}", {k: result.get(k) for k in ("ok", "finished", "error")})
     if result["ok"]:
         state.record(
-            f"backup_{args.type}_ok",
+            f"backup_{kind}_ok",
             {k: result[k] for k in ("finished", "backup_seconds", "repo_bytes")},
         )
     result["metrics"] = write_metrics(cfg, state)
@@ -102,7 +110,7 @@ def cmd_check_target(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     """What a restore would start from, and pgbackrest verify of that set: run before any
     unit is stopped, so a damaged backup is refused while the service still runs."""
     target = target_from(cfg, args)
-    checked = verify_set(cfg, target.backup.label)
+    checked = verify_set(cfg, target.backup.label, target.backup.references)
     result = {
         "ok": checked["ok"],
         "target": target.as_dict(),
@@ -112,7 +120,7 @@ def cmd_check_target(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     if not checked["ok"]:
         result["error"] = (
             f"backup {target.backup.label} failed pgbackrest verify, so it is not restored: "
-            f"{checked['output'][-500:]} -- pick another with --set (slipway-backup list)"
+            f"{'; '.join(checked['problems'])} -- pick another with --set (slipway-backup list)"
         )
     return result
 

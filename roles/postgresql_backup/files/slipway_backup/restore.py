@@ -38,11 +38,11 @@ def cmd_restore(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     if not args.scratch and not args.confirm:
         raise BackupError("a restore over the live database needs --confirm")
     target = target_from(cfg, args)
-    checked = verify_set(cfg, target.backup.label)
+    checked = verify_set(cfg, target.backup.label, target.backup.references)
     if not checked["ok"]:
         raise BackupError(
             f"backup {target.backup.label} failed pgbackrest verify; nothing was "
-            f"changed: {checked['output'][-500:]}"
+            f"changed: {'; '.join(checked['problems'])}"
         )
     result: dict[str, Any] = {
         "target": target.as_dict(),

@@ -246,9 +246,10 @@ def verify(cfg: Config, label: str | None = None) -> dict[str, Any]:
     target = choose_target(found, label=label, latest=label is None)
     result: dict[str, Any] = {"set": target.backup.label, "started": iso(now())}
     started = now()
-    result["verify"] = verify_set(cfg, target.backup.label)
+    result["verify"] = verify_set(cfg, target.backup.label, target.backup.references)
     if not result["verify"]["ok"]:
-        result.update(ok=False, error=f"pgbackrest verify found errors in {target.backup.label}")
+        problems = "; ".join(result["verify"]["problems"])
+        result.update(ok=False, error=f"pgbackrest verify: {problems}")
         return result
     if cfg.verify_restore:
         point = f"slipway-verify-{int(now())}"
