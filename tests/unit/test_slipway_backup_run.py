@@ -467,3 +467,37 @@ def test_wait_promoted_fails_at_once_when_postgres_is_gone(tmp_path: Path) -> No
             deadline_s=3600,
         )
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("last_ok", "asked", "taken"),
+    [
+        (False, "diff", "full"),
+        (True, "diff", "diff"),
+        (None, "incr", "incr"),
+        (False, "full", "full"),
+    ],
+)
+def test_backup_after_a_failed_verification_is_a_full(
+    monkeypatch: pytest.MonkeyPatch,
+    loaded: Config,
+    capsys: pytest.CaptureFixture[str],
+    last_ok: bool | None,
+    asked: str,
+    taken: str,
+) -> None:
+    """A diff or incr stands on earlier backups: after a failed verification it is taken as
+    a full (and says so); the verification of the new backup is recorded, metrics written."""
+    if last_ok is not None:
+        metrics.State(loaded).record("verify", {"ok": last_ok, "finished": NOW, "set": FULL})
+    ran: list[tuple[str, ...]] = []
+    monkeypatch.setattr(cli, "pgbackrest", lambda c, *args, **kw: ran.append(args))
+    monkeypatch.setattr(cli, "verify", lambda c, label: {"ok": True, "set": label, "seconds": 2.0})
+    monkeypatch.setattr(cli, "write_metrics", lambda c, s: "/metrics.prom")
+    rc, result, _ = run_main(capsys, "backup", "--type", asked)
+    assert rc == 0, result
+    assert ran == [("backup", f"--type={taken}")]
+    assert result["type"] == taken
+    assert ("promoted" in result) == (taken != asked)
+    assert metrics.State(loaded).data["verify"]["ok"] is True
+    assert metrics.State(loaded).data[f"backup_{taken}"]["ok"] is True
