@@ -1,6 +1,6 @@
 """Run every benchmark, print its figures, and merge them into one JSON file.
 
-    python3 bench/run.py --out bench/results/latest.json [--only sandbox,app,converge,deploy]
+    python3 bench/run.py --out bench/results/latest.json [--only sandbox,app,converge,deploy,backup]
 
 With --only, the other benchmarks' figures already in the file are kept; every
 benchmark's figures carry the time they were measured (`measured_at`).
