@@ -248,8 +248,8 @@ def verify(cfg: Config, label: str | None = None) -> dict[str, Any]:
     started = now()
     result["verify"] = verify_set(cfg, target.backup.label, target.backup.references)
     if not result["verify"]["ok"]:
-        problems = "; ".join(result["verify"]["problems"])
-        result.update(ok=False, error=f"pgbackrest verify: {problems}")
+        said = "; ".join(result["verify"]["problems"])
+        result.update(ok=False, error=f"pgbackrest verify: {said}")
         return result
     if cfg.verify_restore:
         point = f"slipway-verify-{int(now())}"
