@@ -46,9 +46,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: import bench.*
+
+from bench.backup_report import plot_sizes, table  # noqa: E402
+
 BIN = REPO / ".venv" / "bin"
 CLUSTER, VM = "bench-backup", "bbak-db"
 WORK = REPO / ".cache" / "backup-bench"
+PNG = REPO / "bench" / "results" / "backup_by_size.png"
 KEY = "/var/lib/slipway-sandbox/ssh/id_ed25519"
 GOAL = "backup and restore each >= 2x pg_dump|gzip / psql"
 DEFAULT = ("zst", 3, 2)  # the role's compress type, level and process-max on 2 cores
@@ -231,8 +236,21 @@ class Bench:
         if not self.dry:
             subprocess.run(argv, cwd=REPO, capture_output=True, check=False, timeout=600)
 
-    def measure(self, size_mb: int) -> dict[str, Any]:
-        out = self.vm("generate", generate_sql(size_mb))
+    def by_size(self, sizes: list[int]) -> list[dict[str, Any]]:
+        """pg_dump|gzip against pgBackRest (defaults) at each size: where the ratio turns."""
+        rows = []
+        for size in sizes:
+            r = self.measure(size, full=False)
+            if not self.dry:
+                rows.append(
+                    {k: r[k] for k in ("database_mb", "pg_dump_gzip", "pgbackrest", "ratio")}
+                )
+        return rows
+
+    def measure(self, size_mb: int, full: bool = True) -> dict[str, Any]:
+        """Generate the database, then the baseline and pgBackRest with the defaults; with
+        full, also the compression matrix and the recovery point."""
+        out = self.vm(f"generate-{size_mb}", generate_sql(size_mb))
         db_bytes, cluster_bytes = (int(x) for x in tagged(out, "db")) if not self.dry else (1, 1)
         mb = db_bytes / 2**20
         r: dict[str, Any] = {
@@ -241,7 +259,7 @@ class Bench:
         }
         log(f"benchdb: {mb:.0f} MB (cluster {cluster_bytes / 2**20:.0f} MB)")
 
-        out = self.vm("baseline", baseline_script())
+        out = self.vm(f"baseline-{size_mb}", baseline_script())
         if not self.dry:
             dump_s, load_s = elapsed(out), elapsed(out, "@@restore")
             r["pg_dump_gzip"] = {"backup_s": round(dump_s, 1), "backup_mb_s": round(mb / dump_s, 1),
@@ -251,7 +269,7 @@ class Bench:
             log(f"pg_dump|gzip: {r['pg_dump_gzip']}")
 
         r["compression"] = []
-        for kind, level, procs in MATRIX:
+        for kind, level, procs in MATRIX if full else []:
             out = self.vm(f"matrix-{kind}{level}-p{procs}", matrix_script(kind, level, procs))
             if self.dry:
                 continue
@@ -264,8 +282,8 @@ class Bench:
             r["compression"].append(row)
             log(f"matrix: {row}")
 
-        out = self.vm("backup-default", f"{TOOL} backup --type full --no-verify\n")
-        restore = self.vm("restore-scratch", f"{TOOL} restore --latest --scratch\n"
+        out = self.vm(f"backup-default-{size_mb}", f"{TOOL} backup --type full --no-verify\n")
+        restore = self.vm(f"restore-scratch-{size_mb}", f"{TOOL} restore --latest --scratch\n"
                           f"{TOOL} drop-scratch >/dev/null\n")  # fmt: skip
         if not self.dry:
             b, s = tool_json(out), tool_json(restore)
@@ -284,7 +302,8 @@ class Bench:
             r["goal"] = GOAL
             r["goal_met"] = r["ratio"]["backup"] >= 2 and r["ratio"]["restore"] >= 2
             log(f"pgbackrest: {r['pgbackrest']}; ratio {r['ratio']}")
-        r["recovery_point"] = self.recovery_point()
+        if full:
+            r["recovery_point"] = self.recovery_point()
         return r
 
     def recovery_point(self) -> dict[str, Any]:
@@ -325,50 +344,21 @@ class Bench:
         return result
 
 
-def table(r: dict[str, Any]) -> None:
-    def out(line: str) -> None:
-        print(line, file=sys.stderr)
-
-    d, p, q = r["pg_dump_gzip"], r["pgbackrest"], r["ratio"]
-    out(f"benchdb {r['database_mb']} MB (cluster {r['cluster_mb']} MB)")
-    out(f"{'':<22} {'backup s':>9} {'MB/s':>7} {'size MB':>8} {'restore s':>10} {'MB/s':>7}")
-    out(f"{'pg_dump | gzip, psql':<22} {d['backup_s']:9.1f} {d['backup_mb_s']:7.1f} "
-        f"{d['file_mb']:8.1f} {d['restore_s']:10.1f} {d['restore_mb_s']:7.1f}")  # fmt: skip
-    out(f"{'pgBackRest (defaults)':<22} {p['backup_s']:9.1f} {p['backup_mb_s']:7.1f} "
-        f"{p['repo_mb']:8.1f} {p['restore_s']:10.1f} {p['restore_mb_s']:7.1f}")  # fmt: skip
-    out(f"{'ratio (dump / pgbr)':<22} {q['backup']:9.2f} {'':>7} {'':>8} {q['restore']:10.2f}")
-    out(
-        f"goal: {r['goal']}: {'met' if r['goal_met'] else 'NOT met'} "
-        f"(pgbackrest verify before the restore, not counted: {p['verify_before_restore_s']} s)"
-    )
-    out(f"{'compression':<22} {'backup s':>9} {'repo MB':>8}")
-    for c in r["compression"]:
-        name = f"{c['compress_type']} {c['compress_level']}, process-max {c['process_max']}"
-        out(
-            f"{name:<22} {c['backup_s']:9.1f} {c['repo_mb']:8.1f}"
-            + ("  (default)" if c["default"] else "")
-        )
-    rp = r["recovery_point"]
-    out(
-        f"recovery point (committed writes lost; crash {rp['crash_after_wal_switch_s']} s after a "
-        f"WAL switch): host lost {rp['host_lost_s']} s ({rp['host_lost_rows_lost']} rows), "
-        f"crash with disk kept {rp['crash_disk_kept_s']} s ({rp['crash_disk_kept_rows_lost']} "
-        f"rows); archive_timeout {rp['archive_timeout_s']} s; nightly pg_dump up to "
-        f"{rp['nightly_dump_s']} s"
-    )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="the figures as JSON on stdout")
     parser.add_argument("--keep", action="store_true", help="leave the VM up")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--size-mb", type=int, default=1024, help="database size to generate")
+    parser.add_argument(
+        "--sizes", default="100,250,500", help="smaller sizes (MB) measured first, for the picture"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0 and not args.dry_run:
         raise SystemExit("backup-bench: boots a sandbox VM (systemd-nspawn): run it as root")
-    if not 10 <= args.size_mb <= 20480:
-        raise SystemExit("backup-bench: --size-mb must be 10-20480")
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    if not all(10 <= n <= 20480 for n in [args.size_mb, *sizes]):
+        raise SystemExit("backup-bench: --size-mb and --sizes must be 10-20480")
     bench = Bench(args.dry_run)
     bench.down()  # a cluster left by an earlier run
     if not args.dry_run:
@@ -377,11 +367,15 @@ def main() -> int:
     try:
         started = time.monotonic()
         bench.up()
+        smaller = bench.by_size(sizes)
         result = bench.measure(args.size_mb)
         if args.dry_run:
             return 0
+        result["by_size"] = [*smaller, {k: result[k] for k in smaller[0]}] if smaller else []
         result["bench_s"] = round(time.monotonic() - started)
         table(result)
+        if result["by_size"]:
+            result["by_size_png"] = str(plot_sizes(result["by_size"], PNG).relative_to(REPO))
         if args.json:
             print(json.dumps(result, indent=2))
     finally:
