@@ -134,12 +134,15 @@ def cmd_dump(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     to move data elsewhere, not the way to restore this cluster."""
     if cfg.dump_dir is None:
         raise BackupError("logical exports are off: set postgresql_backup_dump_enabled")
-    cfg.dump_dir.mkdir(parents=True, exist_ok=True)
+    # Every row of the app's database is in these files: postgres and root only.
+    cfg.dump_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cfg.dump_dir.chmod(0o700)
     shutil.chown(cfg.dump_dir, "postgres", "postgres")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = cfg.dump_dir / f"{cfg.database}-{stamp}.dump"
     started = now()
     run(["pg_dump", "-p", str(cfg.pg_port), "-Fc", "-f", str(path), cfg.database])
+    path.chmod(0o600)
     dumps = sorted(cfg.dump_dir.glob(f"{cfg.database}-*.dump"))
     for old in dumps[: max(0, len(dumps) - cfg.dump_keep)]:
         old.unlink()
