@@ -374,7 +374,7 @@ def test_choose_latest_skips_errored_backups() -> None:
     """--latest starts from the newest good backup and replays all WAL (no --type)."""
     target = repo.choose_target(found(), latest=True, at=AT)
     assert (target.kind, target.backup.label) == ("latest", DIFF)
-    assert target.pgbackrest_args() == [f"--set={DIFF}"]
+    assert target.pgbackrest_args() == [f"--set={DIFF}", "--target-timeline=latest"]
     assert target.as_dict() == {"kind": "latest", "set": DIFF, "time": None}
 
 
@@ -451,6 +451,7 @@ def test_time_target_args_keep_microseconds() -> None:
     target = repo.choose_target(found(), when=when, at=AT)
     assert target.pgbackrest_args() == [
         f"--set={DIFF}",
+        "--target-timeline=latest",
         "--type=time",
         "--target=2026-12-02T11:46:40.123456+00:00",
         "--target-action=promote",

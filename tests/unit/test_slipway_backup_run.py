@@ -382,9 +382,17 @@ def test_main_restore_scratch_port_defaults_to_config(
         return {"port": port}
 
     monkeypatch.setattr(restore, "scratch_restore", scratch)
+    archived: list[str] = []
+    monkeypatch.setattr(restore, "archive_now", lambda c: archived.append("check") or True)
     rc, result, _ = run_main(capsys, "restore", "--set", FULL, "--scratch")
     assert rc == 0
-    assert calls == [([f"--set={FULL}", "--type=immediate", "--target-action=promote"], 5433)]
+    args = [
+        f"--set={FULL}",
+        "--type=immediate",
+        "--target-action=promote",
+    ]
+    assert calls == [(args, 5433)]
+    assert archived == ["check"]  # the archive brought up to now before the restore
     assert result["connect"].endswith("-p 5433 -d slipway")
 
 

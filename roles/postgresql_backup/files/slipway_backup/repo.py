@@ -107,7 +107,12 @@ class Target:
     time: float | None = None
 
     def pgbackrest_args(self) -> list[str]:
+        # The newest timeline, always: after an earlier point-in-time restore the backup's own
+        # timeline runs on past that point (into what the restore undid), and pgBackRest,
+        # given --set, would stay on it.
         args = [f"--set={self.backup.label}"]
+        if self.kind != "set":  # pgBackRest refuses a timeline with type=immediate
+            args.append("--target-timeline=latest")
         if self.kind == "time":
             assert self.time is not None
             args += [

@@ -34,6 +34,17 @@ def salvage_wal(old: Path, new: Path) -> int:
     return copied
 
 
+def archive_now(cfg: Config) -> bool:
+    """`pgbackrest check`: switch the WAL and wait until it (and the timeline history before it)
+    is in the repository. False when the live cluster is down or archiving fails."""
+    try:
+        pgbackrest(cfg, "check")
+    except BackupError as exc:
+        log(f"the archive may not hold the last moments: {exc}")
+        return False
+    return True
+
+
 def cmd_restore(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     if not args.scratch and not args.confirm:
         raise BackupError("a restore over the live database needs --confirm")
@@ -50,6 +61,7 @@ def cmd_restore(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         "verify": {"ok": True, "seconds": checked["seconds"]},
     }
     if args.scratch:
+        archive_now(cfg)  # "latest" is then the live database's state a moment ago
         result["scratch"] = scratch_restore(
             cfg, target.pgbackrest_args(), port=args.port, keep=True
         )
@@ -93,6 +105,9 @@ def cmd_restore(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
             f"the restore failed and the previous cluster was put back and started "
             f"(the failed attempt is in {failed}): {exc}"
         ) from exc
+    # The new timeline's history must be in the repository before anyone restores again:
+    # without it a restore of the latest state follows the old timeline past the target.
+    result["archived"] = archive_now(cfg)
     rows = psql(cfg, "SELECT timeline_id FROM pg_control_checkpoint()", database="postgres")
     result.update(
         ok=True,

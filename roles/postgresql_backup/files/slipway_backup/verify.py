@@ -256,6 +256,7 @@ def verify(cfg: Config, label: str | None = None) -> dict[str, Any]:
         live = live_point(cfg, point)
         args = [
             f"--set={target.backup.label}",
+            "--target-timeline=latest",  # the restore point is on the newest timeline
             "--type=name",
             f"--target={point}",
             "--target-action=promote",
