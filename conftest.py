@@ -24,14 +24,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.xdist_group(group))
     # xdist hands each worker one group, then a second one, in this order (pyproject turns
     # off its reordering by test count), then the rest as workers free up: the four longest
-    # first, one per worker; in the second round, the longest of the rest goes behind the
-    # shortest first group (the fifth group lands behind cluster: the backup scenario there
-    # made CI ~70 min).
+    # first, one per worker; the k-th group of the second round runs on the worker of the
+    # k-th of the first (the backup scenario as the fifth group ran behind cluster: CI
+    # headed for ~70 min).
     items.sort(key=lambda item: _GROUP_ORDER.get(_group(item), len(_GROUP_ORDER)))
 
 
 # Measured on 2 cores with 4 workers (minutes): cluster 33, split 15, check-mode 11,
-# allinone 12, host-packages 2, default 5, vm 4, app 4, unit 5; backup 8 alone.
+# allinone 12 (27 beside the others), host-packages 2, default 5, vm 4, app 4, unit 5;
+# backup 8 alone, 11 beside the others.
 _GROUP_ORDER = {
     name: rank
     for rank, name in enumerate(
