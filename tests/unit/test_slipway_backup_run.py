@@ -509,3 +509,20 @@ def test_backup_after_a_failed_verification_is_a_full(
     assert ("promoted" in result) == (taken != asked)
     assert metrics.State(loaded).data["verify"]["ok"] is True
     assert metrics.State(loaded).data[f"backup_{taken}"]["ok"] is True
+
+
+def test_psql_script_goes_on_stdin(monkeypatch: pytest.MonkeyPatch, cfg: Config) -> None:
+    """A psql script (several statements in one transaction) is given on stdin, not -c, and
+    every statement's rows come back."""
+    seen: list[tuple[list[str], str | None, dict[str, str] | None]] = []
+
+    def fake(argv: Any, *, env: Any = None, stdin: str | None = None, **_: Any) -> Any:
+        seen.append((list(argv), stdin, env))
+        return subprocess.CompletedProcess(argv, 0, "a\t1\t2\nrestore point\t0/1\t\n", "")
+
+    monkeypatch.setattr(common, "run", fake)
+    rows = common.psql(cfg, "BEGIN;\nSELECT 1;\nCOMMIT;\n", options="-c x=1", script=True)
+    assert rows == [["a", "1", "2"], ["restore point", "0/1", ""]]
+    argv, stdin, env = seen[0]
+    assert "-c" not in argv and stdin == "BEGIN;\nSELECT 1;\nCOMMIT;\n"
+    assert env == {"PGOPTIONS": "-c x=1"}

@@ -96,11 +96,13 @@ def run(
     check: bool = True,
     env: dict[str, str] | None = None,
     timeout: float | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run argv (as `user` through runuser); raise BackupError with its output on failure."""
     full = ["runuser", "-u", user, "--", *argv] if user else list(argv)
     proc = subprocess.run(
         full,
+        input=stdin,
         capture_output=True,
         text=True,
         check=False,
@@ -126,8 +128,10 @@ def psql(
     port: int | None = None,
     host: str | None = None,
     options: str | None = None,
+    script: bool = False,
 ) -> list[list[str]]:
-    """Rows of a query (tab-separated fields), as postgres over the Unix socket."""
+    """Rows of a query (tab-separated fields), as postgres over the Unix socket. With script,
+    sql is a psql script given on stdin (several statements, each one's rows)."""
     argv = [
         "psql",
         "-X",
@@ -145,7 +149,8 @@ def psql(
     ]
     if host:
         argv += ["-h", host]
-    proc = run([*argv, "-c", sql], env={"PGOPTIONS": options} if options else None)
+    env = {"PGOPTIONS": options} if options else None
+    proc = run(argv, env=env, stdin=sql) if script else run([*argv, "-c", sql], env=env)
     return [line.split("\t") for line in proc.stdout.splitlines() if line]
 
 

@@ -4,9 +4,7 @@ database with the compared tables locked, and its tables compared with the live 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,40 +66,14 @@ def live_point(cfg: Config, name: str) -> dict[str, list[str]]:
         + f"SELECT 'restore point', pg_create_restore_point('{name}'), '';\n"
         "COMMIT;\n"
     )
-    argv = [
-        "psql",
-        "-X",
-        "-A",
-        "-t",
-        "-q",
-        "-F",
-        "\t",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-p",
-        str(cfg.pg_port),
-        "-d",
-        cfg.database,
-    ]
     try:
-        proc = subprocess.run(
-            ["runuser", "-u", "postgres", "--", *argv],
-            input=script,
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd="/",
-            env={**os.environ, "PGOPTIONS": CHECKSUM_OPTIONS},
-        )
-    except OSError as exc:
-        raise BackupError(f"cannot run psql: {exc}") from exc
-    if proc.returncode != 0:
+        rows = psql(cfg, script, options=CHECKSUM_OPTIONS, script=True)
+    except BackupError as exc:
         raise BackupError(
-            f"could not take the verification point on the live database: {proc.stderr.strip()} "
+            f"could not take the verification point on the live database: {exc} "
             f"(the tables stayed locked at most {cfg.verify_lock_timeout_s} s; a long writer "
             "holds them: try again, or raise postgresql_backup_verify_lock_timeout)"
-        )
-    rows = [line.split("\t") for line in proc.stdout.splitlines() if line]
+        ) from exc
     pgbackrest(cfg, "check")  # switches the WAL and waits until the point is archived
     return {r[0]: r[1:] for r in rows if r[0] != "restore point"}
 
