@@ -110,6 +110,12 @@ def test_good_input_passes_preflight(tmp_path: Path, ansible: AnsibleRunner) -> 
             id="host-in-no-group",
         ),
         pytest.param(
+            {**AIO, "gpu": ["aio", "gpu1"]},
+            {},
+            "gpu1 is in the `gpu` group but not in `worker`",
+            id="gpu-host-not-worker",
+        ),
+        pytest.param(
             AIO,
             {"slipway_environment": "production"},
             "slipway_environment is",
