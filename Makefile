@@ -17,7 +17,7 @@ SCENARIO ?= default
 TEST_WORKERS ?= 4
 PYTEST_ARGS ?=
 
-.PHONY: help venv host sandbox sandbox-down lint unit molecule test bench clean
+.PHONY: help venv host promtool sandbox sandbox-down lint unit molecule test bench clean
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +36,20 @@ venv: $(VENV)/.synced ## Create or update the controller virtualenv (uv, from uv
 host: ## Install the host packages the sandbox and Pebble need (up does it too)
 	$(SANDBOX) host
 
+# promtool (Prometheus' config and rule checker) from Debian's prometheus package, unpacked
+# into .cache/bin: the tests check the monitoring config with it, and no Prometheus service
+# is installed on this machine.
+PROMTOOL := .cache/bin/promtool
+$(PROMTOOL):
+	@mkdir -p .cache/debs .cache/bin
+	cd .cache/debs && { apt-get download -qq prometheus 2>/dev/null \
+	  || { apt-get update -qq && apt-get download -qq prometheus; }; }
+	dpkg-deb --fsys-tarfile "$$(ls -t .cache/debs/prometheus_*.deb | head -1)" \
+	  | tar -xO ./usr/bin/promtool > $@.tmp
+	chmod 0755 $@.tmp && mv $@.tmp $@
+
+promtool: $(PROMTOOL) ## Unpack promtool from Debian's prometheus package into .cache/bin
+
 sandbox: venv ## Bring up the sandbox VMs and converge site.yml on them
 	$(SANDBOX) up
 	$(PEBBLE) start --from-inventory inventories/sandbox
@@ -53,14 +67,14 @@ lint: venv ## ansible-lint (production profile), yamllint, ruff, mypy
 	ruff format --check .
 	mypy tools plugins app/src roles/postgresql_backup/files/slipway_backup
 
-unit: venv ## Unit and app tests only (no VMs)
+unit: venv $(PROMTOOL) ## Unit and app tests only (no VMs)
 	pytest -m "not vm" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 molecule: venv ## One Molecule scenario: make molecule SCENARIO=allinone
 	molecule test -s $(SCENARIO)
 
 # `host` first: the VM tests and Molecule need the host packages, installed the way `up` does.
-test: venv lint host ## Everything: lint, unit, app, sandbox and all Molecule scenarios
+test: venv lint host $(PROMTOOL) ## Everything: lint, unit, app, sandbox and all Molecule scenarios
 	pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 BENCH ?= sandbox,app,converge,deploy,backup
