@@ -49,7 +49,8 @@ _GROUP_ORDER = {
             "app",
             "unit",
             "molecule-backup",
-            # then whichever worker frees first
+            # then whichever worker frees first (monitoring first: it converges a whole site)
+            "molecule-monitoring",
             "molecule-default",
             "vm",
         ]
