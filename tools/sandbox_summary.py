@@ -52,6 +52,12 @@ def main() -> int:
     print(f"  readiness through nginx: HTTP {probe.stdout or probe.stderr.strip()}")
     print(f"  try it:  {curl}")
     print(f"  a VM:    python3 -m tools.sandbox ssh {lb['name']}")
+    mon = next((vm for vm in vms if "monitoring" in vm["groups"]), None)
+    if mon is not None:
+        print(
+            "  metrics: .venv/bin/ansible-playbook playbooks/monitoring_status.yml"
+            f" -i inventories/sandbox  (Prometheus: 127.0.0.1:9090 on {mon['name']})"
+        )
     print("  remove:  make sandbox-down")
     return 0 if probe.stdout == "200" else 1
 
