@@ -77,7 +77,7 @@ molecule: venv ## One Molecule scenario: make molecule SCENARIO=allinone
 test: venv lint host $(PROMTOOL) ## Everything: lint, unit, app, sandbox and all Molecule scenarios
 	pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-BENCH ?= sandbox,app,converge,deploy,backup
+BENCH ?= sandbox,app,converge,deploy,backup,monitoring
 bench: venv ## Measure and print figures into bench/results/latest.json (BENCH=deploy: one, others kept)
 	$(PYTHON) bench/run.py --out bench/results/latest.json --only $(BENCH)
 

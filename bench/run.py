@@ -1,6 +1,8 @@
 """Run every benchmark, print its figures, and merge them into one JSON file.
 
-    python3 bench/run.py --out bench/results/latest.json [--only sandbox,app,converge,deploy,backup]
+    python3 bench/run.py --out bench/results/latest.json [--only NAME,...]
+
+NAME: sandbox, app, converge, deploy, backup, monitoring.
 
 With --only, the other benchmarks' figures already in the file are kept; every
 benchmark's figures carry the time they were measured (`measured_at`).
@@ -33,6 +35,10 @@ BENCHES = {
     # pg_dump|gzip against pgBackRest (role defaults) on a 1 GB database, a compression
     # matrix, and the recovery point of a crash (one VM).
     "backup": (HERE / "backup_bench.py", []),
+    # The monitoring tier's converge cost and memory beside the rest of the site, what
+    # Prometheus scrapes, and an outage of the app to the alert receiver against the bound
+    # the role's intervals set (also bench/results/alert_timeline.png).
+    "monitoring": (HERE / "monitoring_bench.py", []),
 }
 
 
