@@ -121,6 +121,43 @@ def test_good_input_passes_preflight(tmp_path: Path, ansible: AnsibleRunner) -> 
             "slipway_environment is",
             id="unknown-environment",
         ),
+        # The monitoring tier runs last; its inputs are checked before the first tier.
+        pytest.param(
+            AIO,
+            {"prometheus_alert_cpu_percent": 180},
+            "An alert threshold on aio is out of range",
+            id="monitoring-threshold",
+        ),
+        pytest.param(
+            AIO,
+            {"prometheus_alert_cpu_percent": "eighty"},
+            "argument 'prometheus_alert_cpu_percent' is of type str",
+            id="monitoring-threshold-not-a-number",
+        ),
+        pytest.param(
+            AIO,
+            {"prometheus_alert_webhook_urls": ["alerts.example.com/hook"]},
+            "set prometheus_alert_webhook_urls to a list of http(s) URLs",
+            id="monitoring-webhook-not-a-url",
+        ),
+        pytest.param(
+            AIO,
+            {"prometheus_alert_webhook_urls": "https://alerts.example.com/hook"},
+            "prometheus_alert_webhook_urls",
+            id="monitoring-webhook-not-a-list",
+        ),
+        pytest.param(
+            {**AIO, "gpu": ["aio"]},
+            {"nvitop_exporter_port": 70000},
+            "nvitop_exporter_port a TCP port (70000)",
+            id="nvitop-port",
+        ),
+        pytest.param(
+            AIO,
+            {"exporters_node_port": 9121},
+            "the node, postgres and redis exporter ports must differ",
+            id="exporter-ports-clash",
+        ),
     ],
 )
 def test_bad_input_stops_in_preflight(
