@@ -32,7 +32,7 @@ from tests.conftest import AnsibleRunner, needs_vms
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER, VM = "tg-checkmode", "tg-checkmode-aio"
 DOMAIN = "checkmode.sandbox.test"
-GROUPS = "lb,web,worker,db,redis,monitoring"
+GROUPS = "lb,web,worker,db,redis,monitoring,gpu"
 
 pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("check-mode"), needs_vms]
 
@@ -99,6 +99,11 @@ NEED_PACKAGES = [
     "app : Run beat on the beat host only",
     "nginx : Enable and start nginx",
     "certbot : Enable and start the renewal timer",
+    "exporters : Enable the exporters at boot and start them",
+    "nvitop : Ask NVML whether an NVIDIA driver is present",
+    "nvitop : Run nvitop-exporter where the driver answers",
+    "prometheus : Write the alert rules (checked with promtool)",
+    "prometheus : Enable Prometheus, Alertmanager and the blackbox exporter at boot and start them",
 ]
 # One check of each role's preflight, which runs under every phase tag.
 PREFLIGHTS = [
@@ -109,6 +114,9 @@ PREFLIGHTS = [
     "app : Check the secrets and connection URLs",
     "nginx : Check the server names",
     "certbot : Check the certificate's names",
+    "exporters : Look for the exporters' packages",
+    "nvitop : Look at what the venv holds",
+    "prometheus : Look for the Prometheus packages",
 ]
 
 # Tasks of the configure phase, and of others that `--tags configure` must leave alone.
@@ -116,6 +124,8 @@ CONFIGURE = [
     "app : Write the EnvironmentFile (secrets; checked by `slipway-app check-config`)",
     "nginx : Write the site (default server, HTTP redirect, ACME path, HTTPS proxy)",
     "postgresql : Write pg_hba.conf",
+    "exporters : Write the node exporter's flags",
+    "prometheus : Write the scrape config (checked with promtool)",
 ]
 OTHER_PHASES = [
     "nginx : Install nginx and openssl",
