@@ -54,7 +54,7 @@ def receiver(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         server.server_close()
 
 
-def post(url: str, body: bytes, length: int | None = None) -> int:
+def post(url: str, body: bytes, length: int | str | None = None) -> int:
     """POST body, saying it is `length` bytes long (a refused body is never sent)."""
     port = int(url.rsplit(":", 1)[1].strip("/"))
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -90,12 +90,27 @@ def test_a_notification_is_kept_and_logged(
         pytest.param(b"not json", None, 400, id="not-json"),
         pytest.param(json.dumps({"status": "firing"}).encode(), None, 400, id="no-alerts"),
         pytest.param(b"", (1 << 20) + 1, 413, id="over-1-MiB"),
+        pytest.param(b"{}", "abc", 400, id="length-not-a-number"),
+        pytest.param(json.dumps({"alerts": "xy"}).encode(), None, 400, id="alerts-not-a-list"),
+        pytest.param(json.dumps({"alerts": [1]}).encode(), None, 400, id="alert-not-a-mapping"),
+        pytest.param(json.dumps([NOTIFICATION]).encode(), None, 400, id="not-a-mapping"),
     ],
 )
 def test_anything_else_is_refused_and_not_kept(
-    receiver: tuple[str, Path], body: bytes, length: int | None, status: int
+    receiver: tuple[str, Path], body: bytes, length: int | str | None, status: int
 ) -> None:
     url, log = receiver
     assert post(url, body, length) == status
     assert not log.exists()
     assert count(url) == 0
+
+
+def test_a_label_cannot_forge_a_journal_line(
+    receiver: tuple[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    url, _ = receiver
+    forged = {"alertname": "SlipwayAppDown", "instance": "web1\nfiring Fake instance=x"}
+    body = {"status": "firing", "alerts": [{"status": "firing", "labels": forged}]}
+    assert post(url, json.dumps(body).encode()) == 200
+    out = capfd.readouterr().out
+    assert out.splitlines() == ['firing SlipwayAppDown instance="web1\\nfiring Fake instance=x"']
