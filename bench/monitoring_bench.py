@@ -225,7 +225,7 @@ def plot(outage: dict[str, dict[str, float]], bound: dict[str, float], path: Pat
         ax.axvline(limit, color="#c44e52", linestyle="--", label=f"bound {limit:.0f} s")
         ax.set_title(title, fontsize=9, loc="left")
         ax.invert_yaxis()
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper right", fontsize=8)
         ax.set_xlim(0, max([limit, *side.values()]) * 1.15)
     bottom.set_xlabel(
         f"seconds (role defaults: scrape {bound['scrape_interval_s']:.0f} s, evaluation "
