@@ -12,6 +12,8 @@ To run without it on purpose, ask for the built-in strategy: ANSIBLE_STRATEGY=li
 
 from __future__ import annotations
 
+from ansible.utils.display import Display
+
 DOCUMENTATION = """
 name: slipway_linear
 short_description: Ansible's linear strategy, run over Mitogen when Mitogen is installed
@@ -20,8 +22,6 @@ description:
     Mitogen when the C(mitogen) package can be imported, and through Ansible's own SSH connection
     otherwise (with a warning).
 """
-
-from ansible.utils.display import Display
 
 display = Display()
 
@@ -36,7 +36,7 @@ except ImportError as error:
         "slower; install the controller's dependencies (make venv) to get it back."
     )
 
-    class StrategyModule(_Linear):  # type: ignore[no-redef]
+    class StrategyModule(_Linear):
         """The built-in linear strategy, unchanged."""
 
     MITOGEN = False
