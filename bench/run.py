@@ -28,6 +28,11 @@ HERE = Path(__file__).resolve().parent
 BENCHES = {
     "sandbox": (HERE / "sandbox_bench.py", ["--fresh-base"]),
     "app": (HERE / "app_bench.py", []),
+    # site.yml on fresh VMs, one cluster at a time: cold, idempotent (slipway_linear over
+    # Mitogen, and ANSIBLE_STRATEGY=linear as the baseline) and --check --diff on 1 host,
+    # beside the bare apt work of the same packages on a second fresh VM; cold and idempotent
+    # on 3 and 6 hosts (also bench/results/converge_scaling.png); wrk through nginx beside
+    # Gunicorn on the 1-host VM.
     "converge": (HERE / "converge_bench.py", []),
     # Releases on a 6-VM cluster: deploy/restart/rollback seconds on 1-3 web hosts, and
     # tools/release_trial under load on 2 (also bench/results/deploy_timeline.png).
