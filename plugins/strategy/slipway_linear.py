@@ -49,11 +49,8 @@ except ImportError as error:
     class StrategyModule(_Linear):
         """The built-in linear strategy, unchanged."""
 
-    MITOGEN = False
 else:
     _Base = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 
     class StrategyModule(ansible_mitogen.strategy.StrategyMixin, _Base):  # type: ignore[no-redef,misc,valid-type]
         """The built-in linear strategy with Mitogen's connections and module runner."""
-
-    MITOGEN = True
