@@ -38,13 +38,13 @@ def ansible() -> AnsibleRunner:
     def run(
         tool: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
-        full_env = dict(
-            os.environ,
-            PATH=f"{BIN}:{os.environ['PATH']}",
-            ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-            ANSIBLE_NOCOLOR="1",
-            **(env or {}),
-        )
+        full_env = {
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            **(env or {}),  # may replace any of the above, PATH too
+        }
         return subprocess.run(
             [str(BIN / tool), *args],
             cwd=REPO,

@@ -11,6 +11,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,11 @@ description:
     downloaded wheels (key from the pins, the Python version and the platforms; a C(.complete)
     marker inside, written before the rename), C(bundles/<release id>.tar) the bundle. A result
     already in the cache is reused, so an unchanged app downloads and packs nothing.
+  - An unchanged app is not even built. C(sources/<key>.json) names the release that the
+    member's files and the workspace's C(pyproject.toml) and C(uv.lock) were last built into
+    (the key is their sha256); while that release, its wheelhouse and its bundle are in the
+    cache, the module returns them without running C(uv). Caches and build output in the
+    member's directory (C(__pycache__), C(.venv), C(dist), ...) are not part of the key.
   - Runs where it is called; use it with C(delegate_to) V(localhost) and C(run_once).
 version_added: "0.1.0"
 author: slipway
@@ -72,7 +78,8 @@ options:
     default: 86400
 notes:
   - Supports check mode. In check mode the wheel and the pins are built in a temporary
-    directory to learn the release id, and nothing is added to the cache.
+    directory to learn the release id (unless the sources' key already names a cached
+    release), and nothing is added to the cache.
 """
 
 EXAMPLES = r"""
@@ -135,9 +142,16 @@ added:
   type: list
   elements: str
   sample: [release, wheelhouse, bundle]
+built:
+  description: Whether C(uv) ran; false when the sources' key named a complete cached release.
+  returned: always
+  type: bool
 """
 
 _MARKER = ".complete"
+# Not sources: what tools and builds leave in a member's directory.
+_NOT_SOURCES = {".git", ".venv", "venv", "__pycache__", "dist", "build", ".tox", ".nox",
+                ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules"}  # fmt: skip
 
 
 def sha256_file(path: Path) -> str:
@@ -167,6 +181,51 @@ def wheelhouse_key(pins: str, python_version: str, platforms: list[str]) -> str:
     """What the download depends on: the pins, the Python version and the platform tags."""
     blob = json.dumps({"pins": pins, "python": python_version, "platforms": platforms})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def canonical_name(name: str) -> str:
+    """A distribution name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def member_dir(project_dir: Path, package: str) -> Path | None:
+    """The directory of the uv workspace member named package (the root itself may be it)."""
+    root = tomllib.loads((project_dir / "pyproject.toml").read_text())
+    patterns = root.get("tool", {}).get("uv", {}).get("workspace", {}).get("members", [])
+    candidates = [
+        project_dir,
+        *(d for pattern in patterns for d in sorted(project_dir.glob(pattern))),
+    ]
+    for candidate in candidates:
+        meta = candidate / "pyproject.toml"
+        if meta.is_file():
+            name = tomllib.loads(meta.read_text()).get("project", {}).get("name", "")
+            if canonical_name(name) == canonical_name(package):
+                return candidate
+    return None
+
+
+def sources_key(project_dir: Path, package: str) -> str | None:
+    """sha256 of what the wheel and the pins are made from: the member's files (not caches or
+    build output) and the workspace's pyproject.toml and uv.lock. None when the member is not
+    found, or a file cannot be read: the build then runs, as it would without this key."""
+    try:
+        member = member_dir(project_dir, package)
+        if member is None:
+            return None
+        files = [project_dir / "pyproject.toml", project_dir / "uv.lock"]
+        for top, dirs, names in os.walk(member):
+            dirs[:] = sorted(
+                d for d in dirs if d not in _NOT_SOURCES and not d.endswith(".egg-info")
+            )
+            files.extend(Path(top) / n for n in sorted(names) if not n.endswith((".pyc", ".pyo")))
+        digest = hashlib.sha256(canonical_name(package).encode() + b"\0")
+        for path in dict.fromkeys(files):  # the root is a member too: each file once
+            digest.update(os.fsencode(path.relative_to(project_dir)) + b"\0")
+            digest.update(sha256_file(path).encode() + b"\0")
+        return digest.hexdigest()
+    except (OSError, ValueError, tomllib.TOMLDecodeError):
+        return None
 
 
 def publish(src: Path, dest: Path) -> bool:
@@ -313,21 +372,58 @@ class Builder:
                 staged_tar.chmod(0o644)
                 os.replace(staged_tar, bundle)
 
+        return self.result(rid, wheel.name, wheelhouse, added=added, built=True)
+
+    def result(
+        self, rid: str, wheel_name: str, wheelhouse: Path, added: list[str], built: bool
+    ) -> dict[str, Any]:
+        release = self.cache / "releases" / rid
         # When the release was first published into the cache (now, in check mode).
-        built = release.stat().st_mtime if release.is_dir() else time.time()
+        first = release.stat().st_mtime if release.is_dir() else time.time()
         return {
             "changed": bool(added),
             "added": added,
+            "built": built,
             "release_id": rid,
             "version": rid.rsplit("-", 1)[0],
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(built)),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first)),
             "git_revision": self.git_revision(),
-            "wheel_name": wheel.name,
-            "wheel_file": str(release / wheel.name),
+            "wheel_name": wheel_name,
+            "wheel_file": str(release / wheel_name),
             "requirements": str(release / "requirements.txt"),
             "wheelhouse": str(wheelhouse),
-            "bundle": str(bundle),
+            "bundle": str(self.cache / "bundles" / f"{rid}.tar"),
         }
+
+    def cached(self, key: str) -> dict[str, Any] | None:
+        """The result for the release that sources/<key>.json names, when that release, its
+        wheelhouse and its bundle are all in the cache; else None (then the build runs)."""
+        p = self.params
+        try:
+            entry = json.loads((self.cache / "sources" / f"{key}.json").read_text())
+            rid, wheel_name = str(entry["release_id"]), str(entry["wheel_name"])
+            release = self.cache / "releases" / rid
+            pins = (release / "requirements.txt").read_text()
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        house = wheelhouse_key(download_list(pins), p["python_version"], p["platforms"])
+        wheelhouse = self.cache / "wheelhouse" / house
+        complete = (
+            (release / wheel_name).is_file()
+            and (wheelhouse / _MARKER).is_file()
+            and (self.cache / "bundles" / f"{rid}.tar").is_file()
+        )
+        return self.result(rid, wheel_name, wheelhouse, added=[], built=False) if complete else None
+
+    def remember(self, key: str, result: dict[str, Any]) -> None:
+        """Record that the sources of key build into result's release (one rename)."""
+        sources = self.cache / "sources"
+        entry = {"release_id": result["release_id"], "wheel_name": result["wheel_name"]}
+        handle, staged = tempfile.mkstemp(prefix=f".{key}.", dir=sources)
+        with os.fdopen(handle, "w") as out:
+            json.dump(entry, out)
+        os.chmod(staged, 0o644)
+        os.replace(staged, sources / f"{key}.json")
 
 
 def main() -> None:
@@ -344,12 +440,17 @@ def main() -> None:
         supports_check_mode=True,
     )
     builder = Builder(module)
+    project_dir, package = Path(module.params["project_dir"]), module.params["package"]
+    key = sources_key(project_dir, package)
+    cached = builder.cached(key) if key else None
+    if cached is not None:
+        module.exit_json(**cached)
     if module.check_mode:
         # The wheel and the pins are needed for the release id; the cache is left alone.
         work = Path(tempfile.mkdtemp(prefix="app-bundle-check-"))
     else:
         tmp_root = builder.cache / "tmp"
-        for sub in ("tmp", "releases", "wheelhouse", "bundles"):
+        for sub in ("tmp", "releases", "wheelhouse", "bundles", "sources"):
             (builder.cache / sub).mkdir(mode=0o755, parents=True, exist_ok=True)
         builder.remove_stale_work_dirs(tmp_root)
         work = Path(tempfile.mkdtemp(prefix="run-", dir=tmp_root))
@@ -357,6 +458,9 @@ def main() -> None:
         result = builder.build(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    # Only when the sources did not change while uv built them.
+    if key and not module.check_mode and sources_key(project_dir, package) == key:
+        builder.remember(key, result)
     module.exit_json(**result)
 
 

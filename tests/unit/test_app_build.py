@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import runpy
 import shutil
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, AnsibleRunner
+from tests.conftest import BIN, REPO, AnsibleRunner
 
 pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv on PATH")
 
@@ -108,7 +109,7 @@ def test_two_concurrent_builds_both_make_a_valid_bundle(
     pip_step.write_text(PIP_STEP)
     build_dir = tmp_path / "app-build"
 
-    def build(name: str) -> tuple[int, str, dict[str, str]]:
+    def build(name: str, env: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
         out = tmp_path / f"{name}.json"
         extra = {
             "app_build_dir": str(build_dir),
@@ -118,7 +119,7 @@ def test_two_concurrent_builds_both_make_a_valid_bundle(
         }
         result = ansible(
             "ansible-playbook", "-i", "localhost,", str(playbook), "-e", json.dumps(extra),
-            timeout=600,
+            env=env, timeout=600,
         )  # fmt: skip
         facts = json.loads(out.read_text()) if out.exists() else {}
         return result.returncode, result.stdout + result.stderr, facts
@@ -169,8 +170,15 @@ def test_two_concurrent_builds_both_make_a_valid_bundle(
     assert list((build_dir / "tmp").iterdir()) == []
     assert sorted(p.name for p in (build_dir / "bundles").iterdir()) == [f"{release_id}.tar"]
 
-    # A third run finds everything in the cache: same release, nothing added.
-    rc, output, third = build("third")
+    # A third run finds everything in the cache by the sources' key: same release, nothing
+    # added, and uv not run (the uv on its PATH fails).
+    shim = tmp_path / "no-uv"
+    shim.mkdir()
+    (shim / "uv").write_text(
+        "#!/bin/sh\necho 'uv must not run: the sources did not change' >&2\nexit 3\n"
+    )
+    (shim / "uv").chmod(0o755)
+    rc, output, third = build("third", env={"PATH": f"{shim}:{BIN}:{os.environ['PATH']}"})
     assert rc == 0, output[-4000:]
     assert third == first
     assert re.search(r"localhost\s*: ok=\d+\s+changed=0 ", output), output[-2000:]
@@ -224,3 +232,36 @@ def test_release_id_is_version_and_hash_of_both_checksums() -> None:
     assert _MODULE["release_id"]("slipway_app-0.2.0-py3-none-any.whl", wheel_sha, req_sha) == (
         f"0.2.0-{expected}"
     )
+
+
+def test_sources_key_follows_the_sources_and_not_caches_or_build_output(tmp_path: Path) -> None:
+    key = _MODULE["sources_key"]
+    (tmp_path / "pyproject.toml").write_text('[tool.uv.workspace]\nmembers = ["app"]\n')
+    (tmp_path / "uv.lock").write_text("version = 1\n")
+    src = tmp_path / "app" / "src" / "demo_app"
+    src.mkdir(parents=True)
+    (tmp_path / "app" / "pyproject.toml").write_text('[project]\nname = "Demo_App"\n')
+    (src / "__init__.py").write_text("VALUE = 1\n")
+    first = key(tmp_path, "demo-app")
+    assert first is not None and re.fullmatch(r"[0-9a-f]{64}", first)
+
+    for junk in ("__pycache__/x.cpython-311.pyc", "dist/demo_app-0.1.0.whl", ".venv/bin/python",
+                 "demo_app.egg-info/PKG-INFO", "y.pyc"):  # fmt: skip
+        (src / junk).parent.mkdir(parents=True, exist_ok=True)
+        (src / junk).write_text("not a source")
+    assert key(tmp_path, "demo-app") == first
+
+    keys = [first]
+    for change in (
+        lambda: (src / "__init__.py").write_text("VALUE = 2\n"),  # an edit
+        lambda: (tmp_path / "uv.lock").write_text("version = 1\n# relocked\n"),  # new pins
+        lambda: (src / "new.py").write_text(""),  # a new, empty file
+        lambda: (src / "new.py").rename(src / "renamed.py"),  # a rename
+    ):
+        change()
+        keys.append(key(tmp_path, "demo-app"))
+    assert len(set(keys)) == len(keys), keys
+
+    assert key(tmp_path, "another-app") is None  # not a member: the build runs
+    (tmp_path / "pyproject.toml").write_text("not [toml")
+    assert key(tmp_path, "demo-app") is None
