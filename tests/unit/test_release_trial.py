@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from plugins.modules.app_lock import FleetLock
 from tests.conftest import REPO
@@ -148,6 +149,9 @@ def test_playbook_argv_env_and_load_argv(tmp_path: Path) -> None:
     assert load[load.index("--stop-file") + 1] == str(tmp_path / "deploy-stop")
     assert load[load.index("--connect") + 1] == "10.0.0.5:443"
     assert load[load.index("--cacert") + 1] == "/ca.pem"
+    # The client outwaits nginx, so a slow request's verdict (200, or 504) is nginx's.
+    nginx = yaml.safe_load((REPO / "roles/nginx/defaults/main.yml").read_text())
+    assert int(load[load.index("--timeout") + 1]) > nginx["nginx_proxy_read_timeout"]
     plain = cli.parse(["--inventory", "i", "--url", "http://c.test/", "--out", str(tmp_path)])
     assert "--connect" not in runner.load_argv(plain, "rollback", tmp_path)
 
@@ -410,3 +414,19 @@ def test_missing_inventory_fails_with_a_sentence(
     ]
     assert cli.main(argv) == 1
     assert f"--inventory {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+def test_longest_wait_is_the_slowest_request_answered_or_not(tmp_path: Path) -> None:
+    requests = tmp_path / "deploy-requests.jsonl"
+    rows = [
+        {"t": 1.0, "latency_ms": 20.5, "status": 200, "error": None},
+        {"t": 1.2, "latency_ms": 16259.3, "status": 200, "error": None},
+        {"t": 1.4, "latency_ms": None, "status": None, "error": "ConnectionRefusedError"},
+        {"t": 1.6, "latency_ms": 65001.0, "status": None, "error": "TimeoutError"},
+    ]
+    requests.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert runner.longest_wait_ms(requests) == 65001.0
+    requests.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    assert runner.longest_wait_ms(requests) == 16259.3
+    requests.write_text("")
+    assert runner.longest_wait_ms(requests) == 0.0

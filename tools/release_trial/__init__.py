@@ -13,7 +13,8 @@ deploys; then restart.yml over a stale lock), task (a sleep job running through 
 worker restart), status (status.yml after each step, against the probe). A release is a copy
 of the repository's files (git ls-files -co --exclude-standard) in DIR/src-<name> with one
 line appended, deployed with -e app_project_dir. The load: tools.loadgen, 8 connections at
-50 requests/s, from 3 s before a playbook to 3 s after it; failed: non-2xx or no answer.
+50 requests/s, from 3 s before a playbook to 3 s after it; failed: non-2xx (nginx's 504
+after 60 s included) or no answer within 65 s. Each step reports its longest wait.
 
 Runs ansible-playbook (from PATH: the venv's bin) in the repository root with
 ANSIBLE_CONFIG=<repo>/ansible.cfg and SLIPWAY_AUDIT_LOG=DIR/audit.log; each run's output goes

@@ -28,6 +28,7 @@ from tools.loadgen import _HTTPConnection, _HTTPSConnection, parse_addr
 from .checks import ad_hoc_result
 from .config import (
     AD_HOC_TIMEOUT_S,
+    CLIENT_TIMEOUT_S,
     DRY_LOCK,
     DRY_PROBE,
     LOAD_MARGIN_S,
@@ -72,15 +73,19 @@ def load_argv(o: argparse.Namespace, step: str, out: Path) -> list[str]:
         "--stop-file": out / f"{step}-stop",
         "--out": out / f"{step}-requests.jsonl",
         "--summary": out / f"{step}-load.json",
-        # A request that waits through a restart on a loaded machine is slow, not failed:
-        # nginx itself gives up after 60 s (504), so the client waits 30 s, not loadgen's 5.
-        "--timeout": 30,
+        "--timeout": CLIENT_TIMEOUT_S,
     }
     pairs = [(k, str(v)) for k, v in options.items() if v is not None]
     # Steady at --rate: what a restart held back is not sent as one burst afterwards (that
     # burst would meet nginx's per-address limit, a 429 that says nothing about the deploy).
     flags = ["--no-catch-up"] if o.rate else []
     return [sys.executable, "-m", "tools.loadgen", *(x for pair in pairs for x in pair), *flags]
+
+
+def longest_wait_ms(requests: Path) -> float:
+    """The slowest request of a loadgen requests file (one JSON line each), in ms."""
+    waits = (json.loads(line).get("latency_ms") or 0.0 for line in requests.open(encoding="utf-8"))
+    return max(waits, default=0.0)
 
 
 @dataclass
@@ -234,7 +239,8 @@ class Runner:
     @contextlib.contextmanager
     def load(self, step: str) -> Iterator[dict[str, Any]]:
         """tools.loadgen from LOAD_MARGIN_S before the block to as long after it; the dict
-        yielded gets failed_requests, total_requests, by_status and errors at the end."""
+        yielded gets failed_requests, total_requests, by_status, errors and longest_wait_ms
+        (the slowest request, answered or not) at the end."""
         stop, summary = self.out / f"{step}-stop", self.out / f"{step}-load.json"
         argv = load_argv(self.o, step, self.out)
         self.say(f"cd {self.project} && {shlex.join(argv)} &  # until {stop} exists")
@@ -265,6 +271,7 @@ class Runner:
         s = json.loads(summary.read_text(encoding="utf-8"))
         figures.update(failed_requests=s["failed"], total_requests=s["total"])
         figures.update(by_status=s["by_status"], errors=s["errors"])
+        figures["longest_wait_ms"] = longest_wait_ms(Path(figures["requests"]))
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         """One request to the app through the lb: --connect dialled, SNI and Host of --url."""
