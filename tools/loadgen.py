@@ -40,6 +40,8 @@ from urllib.parse import urlsplit
 MAX_DURATION_S = 1800.0
 MAX_REQUESTS = 2_000_000
 MAX_CONCURRENCY = 256
+# A request may wait out a proxy's own read timeout (nginx's 60 s) and a little more.
+MAX_TIMEOUT_S = 120
 # After an error a worker waits this long before it reconnects, so a refused port is
 # sampled, not hammered (and the output file does not fill with millions of lines).
 ERROR_BACKOFF_S = 0.01
@@ -77,8 +79,8 @@ class Config:
             raise ValueError(f"--concurrency must be 1..{MAX_CONCURRENCY}, got {self.concurrency}")
         if self.rate is not None and self.rate <= 0:
             raise ValueError(f"--rate must be > 0 per second, got {self.rate}")
-        if not 0 < self.timeout <= 60:
-            raise ValueError(f"--timeout must be in (0, 60] s, got {self.timeout}")
+        if not 0 < self.timeout <= MAX_TIMEOUT_S:
+            raise ValueError(f"--timeout must be in (0, {MAX_TIMEOUT_S}] s, got {self.timeout}")
 
 
 def parse_addr(addr: str, default_port: int) -> tuple[str, int]:

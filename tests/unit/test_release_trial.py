@@ -16,6 +16,7 @@ import yaml
 
 from plugins.modules.app_lock import FleetLock
 from tests.conftest import REPO
+from tools import loadgen
 from tools.release_trial import checks, cli, config, releases, runner, steps
 
 GOOD, OLD, BAD = "0.1.0-aaaaaaaaaaaa", "0.1.0-bbbbbbbbbbbb", "0.1.0-cccccccccccc"
@@ -152,6 +153,16 @@ def test_playbook_argv_env_and_load_argv(tmp_path: Path) -> None:
     # The client outwaits nginx, so a slow request's verdict (200, or 504) is nginx's.
     nginx = yaml.safe_load((REPO / "roles/nginx/defaults/main.yml").read_text())
     assert int(load[load.index("--timeout") + 1]) > nginx["nginx_proxy_read_timeout"]
+    # ... and tools.loadgen takes every value it is given (its bounds refuse a bad one).
+    values = dict(zip(load[3::2], load[4::2], strict=False))
+    loadgen.Config(
+        url=values["--url"],
+        concurrency=int(values["--concurrency"]),
+        duration=float(values["--duration"]),
+        max_requests=int(values["--max-requests"]),
+        rate=float(values["--rate"]) if "--rate" in values else None,
+        timeout=float(values["--timeout"]),
+    ).check()
     plain = cli.parse(["--inventory", "i", "--url", "http://c.test/", "--out", str(tmp_path)])
     assert "--connect" not in runner.load_argv(plain, "rollback", tmp_path)
 
