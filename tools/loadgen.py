@@ -152,6 +152,7 @@ class _Run:
         self.deadline = time.monotonic() + config.duration
         self.t0 = time.monotonic()
         self.latencies = array("d")
+        self.longest_ms = 0.0  # the slowest request, answered or not
         self.statuses: Counter[int] = Counter()
         self.errors: Counter[str] = Counter()
         self.total = 0
@@ -188,6 +189,7 @@ class _Run:
         )
         with self.lock:
             self.total += 1
+            self.longest_ms = max(self.longest_ms, latency_ms)
             if status is not None:
                 self.statuses[status] += 1
                 self.latencies.append(latency_ms)
@@ -249,6 +251,7 @@ class _Run:
             "errors": [{"error": e, "count": n} for e, n in self.errors.most_common(5)],
             "p50_ms": percentile(lat, 50),
             "p99_ms": percentile(lat, 99),
+            "longest_wait_ms": round(self.longest_ms, 3),
             "started": round(self.started, 6),
             "ended": round(ended, 6),
             "duration_s": round(duration, 3),
@@ -312,7 +315,7 @@ def run(config: Config) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -336,8 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="JSON lines, one per request")
     parser.add_argument("--summary", help="summary JSON file")
     parser.add_argument("--stop-file", help="stop as soon as this file exists")
-    args = parser.parse_args(argv)
-    config = Config(
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> Config:
+    """The run the command line asks for (Config.check, in run, refuses an unbounded one)."""
+    args = _parser().parse_args(argv)
+    return Config(
         url=args.url,
         connect=args.connect,
         cacert=args.cacert,
@@ -351,10 +359,13 @@ def main(argv: list[str] | None = None) -> int:
         summary=args.summary,
         stop_file=args.stop_file,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        summary = run(config)
+        summary = run(parse(argv))
     except ValueError as exc:
-        parser.error(str(exc))
+        _parser().error(str(exc))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -122,6 +122,7 @@ def test_counts_statuses_and_keeps_connections_alive(server: Server, tmp_path: P
     assert {line["status"] for line in lines} == {200, 503}
     assert all(line["error"] is None for line in lines)
     assert all(summary["started"] <= line["t"] <= summary["ended"] for line in lines)
+    assert summary["longest_wait_ms"] == max(line["latency_ms"] for line in lines)
 
 
 def test_connect_address_keeps_the_urls_host(server: Server) -> None:
@@ -157,7 +158,10 @@ def test_refused_port_gives_errors_not_a_crash(tmp_path: Path) -> None:
     assert top["error"].startswith("ConnectionRefusedError") and top["count"] == summary["total"]
     # the back-off samples a refused port instead of hammering it
     assert summary["total"] < 2 * 0.5 / 0.01 + 10
-    assert all(line["status"] is None and line["error"] for line in read_lines(out))
+    lines = read_lines(out)
+    assert all(line["status"] is None and line["error"] for line in lines)
+    # a request without an answer still counts in the longest wait
+    assert summary["longest_wait_ms"] == max(line["latency_ms"] for line in lines) > 0
 
 
 def test_rate_paces_all_connections_together(server: Server) -> None:

@@ -154,15 +154,7 @@ def test_playbook_argv_env_and_load_argv(tmp_path: Path) -> None:
     nginx = yaml.safe_load((REPO / "roles/nginx/defaults/main.yml").read_text())
     assert int(load[load.index("--timeout") + 1]) > nginx["nginx_proxy_read_timeout"]
     # ... and tools.loadgen takes every value it is given (its bounds refuse a bad one).
-    values = dict(zip(load[3::2], load[4::2], strict=False))
-    loadgen.Config(
-        url=values["--url"],
-        concurrency=int(values["--concurrency"]),
-        duration=float(values["--duration"]),
-        max_requests=int(values["--max-requests"]),
-        rate=float(values["--rate"]) if "--rate" in values else None,
-        timeout=float(values["--timeout"]),
-    ).check()
+    loadgen.parse(load[3:]).check()
     plain = cli.parse(["--inventory", "i", "--url", "http://c.test/", "--out", str(tmp_path)])
     assert "--connect" not in runner.load_argv(plain, "rollback", tmp_path)
 
@@ -425,19 +417,3 @@ def test_missing_inventory_fails_with_a_sentence(
     ]
     assert cli.main(argv) == 1
     assert f"--inventory {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
-
-
-def test_longest_wait_is_the_slowest_request_answered_or_not(tmp_path: Path) -> None:
-    requests = tmp_path / "deploy-requests.jsonl"
-    rows = [
-        {"t": 1.0, "latency_ms": 20.5, "status": 200, "error": None},
-        {"t": 1.2, "latency_ms": 16259.3, "status": 200, "error": None},
-        {"t": 1.4, "latency_ms": None, "status": None, "error": "ConnectionRefusedError"},
-        {"t": 1.6, "latency_ms": 65001.0, "status": None, "error": "TimeoutError"},
-    ]
-    requests.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert runner.longest_wait_ms(requests) == 65001.0
-    requests.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
-    assert runner.longest_wait_ms(requests) == 16259.3
-    requests.write_text("")
-    assert runner.longest_wait_ms(requests) == 0.0
