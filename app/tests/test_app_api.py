@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 from slipway_app.core.config import Settings
+from slipway_app.main import create_app
 from slipway_testlib import TcpProxy, app_client, free_port, wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.anyio]
@@ -50,6 +51,29 @@ async def test_ready_ok_reports_each_check(make_settings: SettingsFactory) -> No
         assert check["status"] == "ok"
         assert isinstance(check["latency_ms"], float)
     assert body["checks"]["migrations"]["current"] == body["checks"]["migrations"]["head"]
+
+
+async def test_startup_opens_database_and_redis_connections_before_serving(
+    make_settings: SettingsFactory,
+) -> None:
+    """A fresh worker's first request must not pay for its first connections: the lifespan
+    leaves one PostgreSQL and one Redis connection idle in the pools before it serves."""
+    app = create_app(make_settings())
+    async with app.router.lifespan_context(app):
+        assert app.state.engine.sync_engine.pool.checkedin() == 1
+        assert len(app.state.redis.connection_pool._available_connections) == 1
+
+
+async def test_startup_with_database_down_still_serves(make_settings: SettingsFactory) -> None:
+    settings = make_settings(
+        database_url=_with_host(make_settings().database_url, free_port()), health_timeout=1.0
+    )
+    app = create_app(settings)
+    start = time.monotonic()
+    async with app.router.lifespan_context(app):
+        started = time.monotonic() - start
+        assert app.state.engine.sync_engine.pool.checkedin() == 0
+    assert started < 3
 
 
 async def test_ready_503_names_database_when_unreachable(make_settings: SettingsFactory) -> None:
