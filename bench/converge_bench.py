@@ -50,6 +50,7 @@ BIN = REPO / ".venv" / "bin"
 KEY = "/var/lib/slipway-sandbox/ssh/id_ed25519"
 WORK = REPO / ".cache" / "converge-bench"
 PNG = REPO / "bench" / "results" / "converge_scaling.png"
+CALLBACKS = REPO / "bench" / "callbacks"  # slipway_task_times: each task's seconds
 PARTS = ("aio", "floor", "fleet")
 WRK_SECONDS, WRK_CONNECTIONS = 10, 32
 CONVERGE_TIMEOUT_S, APT_TIMEOUT_S = 3600, 1800
@@ -94,6 +95,20 @@ class Run:
     changed_tasks: list[str]
     cpu_s: float
     host_tasks: int
+    task_seconds: list[dict[str, Any]]  # {role, task, seconds} in run order (slipway_task_times)
+
+    def slowest(self, n: int = 8) -> list[str]:
+        """The n slowest tasks, "seconds role : task", slowest first."""
+        rows = sorted(self.task_seconds, key=lambda row: -row["seconds"])[:n]
+        return [f"{row['seconds']:.1f} s {row['role'] or '(play)'} : {row['task']}" for row in rows]
+
+    def by_role(self) -> dict[str, float]:
+        """Seconds per role (the plays' own checks under "(play)"), the heaviest first."""
+        sums: dict[str, float] = {}
+        for row in self.task_seconds:
+            role = row["role"] or "(play)"
+            sums[role] = sums.get(role, 0.0) + row["seconds"]
+        return {role: round(sec, 1) for role, sec in sorted(sums.items(), key=lambda kv: -kv[1])}
 
 
 def log(message: str) -> None:
@@ -121,12 +136,21 @@ class Bench:
     def __init__(self, keep: bool) -> None:
         self.keep = keep
         self.up_clusters: list[Layout] = []
-        # ansible.cfg alone sets Ansible up: no ANSIBLE_* of the caller's (ANSIBLE_STRATEGY...).
+        # ansible.cfg alone sets Ansible up: no ANSIBLE_* of the caller's (ANSIBLE_STRATEGY...),
+        # but for the bench's own callback, which times each task (bench/callbacks/).
+        cfg = configparser.ConfigParser(interpolation=None)
+        cfg.read(REPO / "ansible.cfg")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
         self.env.update(
             PATH=f"{BIN}:{os.environ['PATH']}",
             ANSIBLE_NOCOLOR="1",
             ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+            ANSIBLE_CALLBACK_PLUGINS=":".join(
+                [str(REPO / cfg.get("defaults", "callback_plugins")), str(CALLBACKS)]
+            ),
+            ANSIBLE_CALLBACKS_ENABLED=",".join(
+                [cfg.get("defaults", "callbacks_enabled"), "slipway_task_times"]
+            ),
         )
 
     def sh(
@@ -202,7 +226,11 @@ class Bench:
         env = dict(self.env, ANSIBLE_STRATEGY=strategy) if strategy else self.env
         said = f", ANSIBLE_STRATEGY={strategy}" if strategy else ""
         log(f"{name}: {shlex.join(argv[1:])}{said}")
+        times = WORK / "logs" / f"{name}.tasks.jsonl"
+        times.unlink(missing_ok=True)
+        env = dict(env, SLIPWAY_TASK_TIMES=str(times))
         seconds, out, cpu = self.sh(name, argv, CONVERGE_TIMEOUT_S, env=env)
+        task_seconds = [json.loads(line) for line in times.read_text().splitlines()]
         recap = out[out.rfind("PLAY RECAP") :]
         changed = sum(int(n) for n in re.findall(r"changed=(\d+)", recap))
         host_tasks = sum(int(n) for n in re.findall(r"(?:ok|skipped)=(\d+)", recap))
@@ -217,7 +245,7 @@ class Bench:
         if "cold" not in name:
             for line in tasks:
                 log(f"  changed: {line}")
-        return Run(round(seconds, 1), changed, tasks, round(cpu, 1), host_tasks)
+        return Run(round(seconds, 1), changed, tasks, round(cpu, 1), host_tasks, task_seconds)
 
     def ssh(self, name: str, address: str, command: str, stdin: str = "") -> str:
         argv = ["ssh", "-i", KEY, "-o", "StrictHostKeyChecking=no", "-o",
@@ -347,6 +375,10 @@ def measure_aio(bench: Bench, address: str) -> dict[str, Any]:
         "check_diff_changed": check.changed,
         "check_diff_cpu_s": check.cpu_s,
         "hosts_1": fleet_row(cold, again),
+        # Where the time goes: the slowest tasks of the cold run, seconds per role of both.
+        "cold_slowest_tasks": cold.slowest(),
+        "cold_s_by_role": cold.by_role(),
+        "idempotent_s_by_role": again.by_role(),
         "health_live_via_nginx_https": via_nginx,
         "health_live_direct_gunicorn": direct,
         "nginx_over_direct_rps_ratio": round(via_nginx["rps"] / direct["rps"], 2),
@@ -479,6 +511,13 @@ def table(r: dict[str, Any]) -> None:
         ]
     for name, seconds, changed in rows:
         print(f"{name:<46} {seconds!s:>8} {changed!s:>8}", file=sys.stderr)
+    if "cold_slowest_tasks" in r:
+        print("1 host, cold: the slowest tasks", file=sys.stderr)
+        for line in r["cold_slowest_tasks"]:
+            print(f"  {line}", file=sys.stderr)
+        for key in ("cold", "idempotent"):
+            roles = ", ".join(f"{role} {sec}" for role, sec in r[f"{key}_s_by_role"].items())
+            print(f"1 host, {key}: seconds by role: {roles}", file=sys.stderr)
     if "nginx_over_direct_rps_ratio" in r:
         print(f"{'GET /health/live':<46} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8}", file=sys.stderr)
         for name, w in (
