@@ -98,3 +98,99 @@ def test_without_mitogen_the_same_playbook_runs_linear_with_a_warning(tmp_path: 
     first, second = interpreters(tmp_path)
     assert "AnsiballZ_command" in first and "mitogen" not in first, first
     assert first.split()[0] != second.split()[0], "a fresh interpreter per task"
+
+
+# Conditions of every kind the roles use, each task writing what it saw.
+SKIPS = r"""
+- name: Skip probe
+  hosts: localhost
+  gather_facts: false
+  vars:
+    flag: false
+  tasks:
+    - name: False condition, registered
+      ansible.builtin.command: echo never
+      register: skipped_one
+      when: flag
+
+    - name: True condition
+      ansible.builtin.command: echo ran
+      register: ran_one
+      changed_when: false
+      when: not flag
+
+    - name: False condition inherited from a block, run once, notifying
+      when: flag
+      block:
+        - name: Inside the block
+          ansible.builtin.command: echo never
+          run_once: true
+          notify: Never notified
+
+    - name: A loop with a condition per item
+      ansible.builtin.command: echo {{ item }}
+      loop: [1, 2]
+      when: item == 2
+      register: looped
+      changed_when: false
+
+    - name: Check mode of the condition's own variables
+      ansible.builtin.command: echo never
+      when: ansible_check_mode and not ansible_check_mode
+      register: magic
+
+    - name: Write down what was registered
+      ansible.builtin.copy:
+        content: "{{ {'skipped': skipped_one, 'ran': ran_one.stdout,
+                      'looped': looped.results | map(attribute='skipped', default=false) | list,
+                      'magic': magic} | to_json }}"
+        dest: "{{ report }}"
+        mode: "0644"
+
+    - name: A condition that cannot be evaluated fails as it does in Ansible
+      ansible.builtin.command: echo never
+      when: no_such_variable
+
+  handlers:
+    - name: Never notified
+      ansible.builtin.command: echo handler
+"""
+
+
+def run_skips(tmp_path: Path, strategy: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    playbook = tmp_path / "skips.yml"
+    playbook.write_text(SKIPS)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env["ANSIBLE_STRATEGY"] = strategy
+    bin_dir = Path(sys.executable).parent
+    return subprocess.run(
+        [str(bin_dir / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+         "-e", f"ansible_python_interpreter={sys.executable}",
+         "-e", f"report={tmp_path / f'{strategy}.json'}", *extra, str(playbook)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_false_conditions_skip_without_a_worker_and_look_the_same(tmp_path: Path) -> None:
+    ours = run_skips(tmp_path, "slipway_linear", "-vvvv")
+    plain = run_skips(tmp_path, "linear")
+    # The last task's undefined variable fails both runs, the same way.
+    for proc in (ours, plain):
+        assert proc.returncode == 2, proc.stdout[-3000:]
+        assert "'no_such_variable' is undefined" in proc.stdout
+    recap = [p.stdout[p.stdout.rindex("PLAY RECAP") :].split("\n", 2)[1] for p in (ours, plain)]
+    assert recap[0] == recap[1], recap
+    assert "ok=3" in recap[0] and "skipped=3" in recap[0] and "failed=1" in recap[0]
+    seen = [json.loads((tmp_path / f"{s}.json").read_text()) for s in ("slipway_linear", "linear")]
+    assert seen[0] == seen[1]
+    assert seen[0]["skipped"] == {
+        "changed": False,
+        "skipped": True,
+        "skip_reason": "Conditional result was False",
+        "false_condition": "flag",
+    }
+    assert seen[0]["ran"] == "ran" and seen[0]["looped"] == [True, False]
+    # Three skipped without a worker; the loop, the true and the failing condition went to one.
+    assert ours.stdout.count("skipped without a worker") == 3, ours.stdout[-3000:]
+    assert "No such variable" not in ours.stdout
+    assert "no_such_variable" in ours.stdout.split("condition left to the worker")[1]
