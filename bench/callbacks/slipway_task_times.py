@@ -1,10 +1,10 @@
 """Seconds of each task of a playbook run, for the converge bench (bench/converge_bench.py).
 
-One JSON line per task to the file named by SLIPWAY_TASK_TIMES: its role, its name, and the
-seconds from its start to the start of the next task, the next play or the end of the run.
+One JSON line per task to the file named by SLIPWAY_TASK_TIMES: its role, name and action, and
+the seconds from its start to the start of the next task, the next play or the end of the run.
 Under the linear strategy a task ends on every host before the next begins, so they add up to
-the run less the plays' own set-up.
-The bench enables it on the command line; ansible.cfg does not.
+the run less the plays' own set-up. The bench enables it on the command line; ansible.cfg
+does not.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ name: slipway_task_times
 type: aggregate
 short_description: Writes each task's seconds to the file named by SLIPWAY_TASK_TIMES
 description:
-  - One JSON line per task, C({"role", "task", "seconds"}); used by the converge bench.
+  - One JSON line per task, C({"role", "task", "action", "seconds"}); used by the converge bench.
 requirements:
   - enabled in callbacks_enabled, and SLIPWAY_TASK_TIMES set
 """
@@ -49,7 +49,8 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
         self._end_task()
         role = task._role.get_name() if task._role else ""
-        self._task = {"role": role, "task": task.get_name().removeprefix(f"{role} : ")}
+        name = task.get_name().removeprefix(f"{role} : ")
+        self._task = {"role": role, "task": name, "action": task.action}
         self._started = time.monotonic()
 
     def v2_playbook_on_handler_task_start(self, task: Any) -> None:

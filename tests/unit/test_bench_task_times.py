@@ -48,7 +48,10 @@ def test_each_task_is_timed_with_its_role(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [json.loads(line) for line in times.read_text().splitlines()]
-    assert [(r["role"], r["task"]) for r in rows] == [("sleepy", "Sleep a little"), ("", "Quick")]
+    assert [(r["role"], r["task"], r["action"]) for r in rows] == [
+        ("sleepy", "Sleep a little", "ansible.builtin.command"),
+        ("", "Quick", "ansible.builtin.debug"),
+    ]
     assert rows[0]["seconds"] >= 0.6 > rows[1]["seconds"]
 
     run = Run(1.0, 0, [], 0.5, 2, rows)
