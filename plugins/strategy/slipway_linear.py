@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from ansible import constants as C
+from ansible._internal import _display_utils
 from ansible._internal._templating._engine import TemplateEngine
 from ansible.executor.task_result import _RawTaskResult
 from ansible.plugins.loader import filter_loader, test_loader
@@ -96,14 +97,21 @@ class SkipWithoutWorker:
             variables = dict(task_vars)
             context.update_vars(variables)
             because: dict[str, Any] = {}
-            if task._resolve_conditional(task.when, variables, result_context=because):
-                return None
+            # Warnings of the condition go with the result, as the worker's do (a true
+            # condition's are dropped here: the worker meets them again).
+            with _display_utils.DeferredWarningContext(variables=variables) as warned:
+                if task._resolve_conditional(task.when, variables, result_context=because):
+                    return None
             result = {
                 "changed": False,
                 "skipped": True,
                 "skip_reason": "Conditional result was False",
             } | because
             task.update_result_no_log(templar, result)
+            if warnings := warned.get_warnings():
+                result.update(warnings=warnings)
+            if deprecations := warned.get_deprecation_warnings():
+                result.update(deprecations=deprecations)
         except Exception as error:  # the worker evaluates it again and reports it
             display.vvvv(f"{task.get_name()}: condition left to the worker ({error})")
             return None

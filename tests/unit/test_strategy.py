@@ -134,6 +134,11 @@ SKIPS = r"""
       register: looped
       changed_when: false
 
+    - name: A templated condition (deprecated; its warning goes with the result)
+      ansible.builtin.command: echo never
+      when: "{{ flag }}"
+      register: templated
+
     - name: Check mode of the condition's own variables
       ansible.builtin.command: echo never
       when: ansible_check_mode and not ansible_check_mode
@@ -143,7 +148,7 @@ SKIPS = r"""
       ansible.builtin.copy:
         content: "{{ {'skipped': skipped_one, 'ran': ran_one.stdout,
                       'looped': looped.results | map(attribute='skipped', default=false) | list,
-                      'magic': magic} | to_json }}"
+                      'magic': magic, 'templated': templated} | to_json }}"
         dest: "{{ report }}"
         mode: "0644"
 
@@ -180,7 +185,7 @@ def test_false_conditions_skip_without_a_worker_and_look_the_same(tmp_path: Path
         assert "'no_such_variable' is undefined" in proc.stdout
     recap = [p.stdout[p.stdout.rindex("PLAY RECAP") :].split("\n", 2)[1] for p in (ours, plain)]
     assert recap[0] == recap[1], recap
-    assert "ok=3" in recap[0] and "skipped=3" in recap[0] and "failed=1" in recap[0]
+    assert "ok=3" in recap[0] and "skipped=4" in recap[0] and "failed=1" in recap[0]
     seen = [json.loads((tmp_path / f"{s}.json").read_text()) for s in ("slipway_linear", "linear")]
     assert seen[0] == seen[1]
     assert seen[0]["skipped"] == {
@@ -190,7 +195,8 @@ def test_false_conditions_skip_without_a_worker_and_look_the_same(tmp_path: Path
         "false_condition": "flag",
     }
     assert seen[0]["ran"] == "ran" and seen[0]["looped"] == [True, False]
-    # Three skipped without a worker; the loop, the true and the failing condition went to one.
-    assert ours.stdout.count("skipped without a worker") == 3, ours.stdout[-3000:]
+    assert "Conditionals should not be surrounded" in str(seen[0]["templated"]["deprecations"])
+    # Four skipped without a worker; the loop, the true and the failing condition went to one.
+    assert ours.stdout.count("skipped without a worker") == 4, ours.stdout[-3000:]
     assert "No such variable" not in ours.stdout
     assert "no_such_variable" in ours.stdout.split("condition left to the worker")[1]
