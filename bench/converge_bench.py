@@ -95,7 +95,7 @@ class Run:
     changed_tasks: list[str]
     cpu_s: float
     host_tasks: int
-    task_seconds: list[dict[str, Any]]  # {role, task, seconds} in run order (slipway_task_times)
+    task_seconds: list[dict[str, Any]]  # {role, task, action, seconds} in run order
 
     def slowest(self, n: int = 8) -> list[str]:
         """The n slowest tasks, "seconds role : task", slowest first."""
@@ -138,8 +138,7 @@ class Bench:
         self.up_clusters: list[Layout] = []
         # ansible.cfg alone sets Ansible up: no ANSIBLE_* of the caller's (ANSIBLE_STRATEGY...),
         # but for the bench's own callback, which times each task (bench/callbacks/).
-        cfg = configparser.ConfigParser(interpolation=None)
-        cfg.read(REPO / "ansible.cfg")
+        cfg = ansible_cfg()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
         self.env.update(
             PATH=f"{BIN}:{os.environ['PATH']}",
@@ -401,11 +400,17 @@ def fleet_row(cold: Run, again: Run) -> dict[str, Any]:
     }
 
 
+def ansible_cfg() -> configparser.ConfigParser:
+    """The repository's ansible.cfg, as read by the bench."""
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(REPO / "ansible.cfg")
+    return cfg
+
+
 def ansible_settings() -> dict[str, Any]:
     """forks and strategy as ansible.cfg sets them (Ansible's defaults where it does not), and
     whether the strategy runs over Mitogen."""
-    cfg = configparser.ConfigParser(interpolation=None)
-    cfg.read(REPO / "ansible.cfg")
+    cfg = ansible_cfg()
     mitogen = (
         subprocess.run(
             [str(BIN / "python3"), "-c", "import ansible_mitogen"], capture_output=True, check=False
