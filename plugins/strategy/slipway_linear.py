@@ -12,12 +12,14 @@ process: every task runs in a worker forked from that process, which otherwise f
 plugins unloaded and loads them again, each task (about a third of an idempotent run's
 controller time, measured with a profiler).
 
-Both ways, too, a task whose `when` is false on a host is skipped here, in the main process,
-without forking a worker for it: Ansible forks a worker per task and host only to find the
-condition false there (60 of an idempotent all-in-one site.yml's 271 task results). The
-result is the one Ansible's worker would send, on the same queue, so callbacks, `register`,
-handlers and the recap see no difference. Anything else goes to a worker as before: a true or
-failing condition, loops (a condition per item), delegation, includes.
+Both ways, too, no worker is forked where none is needed (Ansible forks one per task and
+host): a task whose `when` is false on the host is skipped here, in the main process (49 of
+an idempotent all-in-one site.yml's 271 task results), and a controller-only action (assert,
+debug, fail, set_fact, validate_argument_spec: 64 more) runs here, through Ansible's own
+TaskExecutor on a copy of the task, as the worker would. The result is the one Ansible's
+worker would send, on the same queue, so callbacks, `register`, handlers and the recap see no
+difference. Anything else goes to a worker as before: a true or failing condition, modules,
+loops (a condition per item), delegation, includes, retries, timeouts.
 
 To run without it on purpose, ask for the built-in strategy: ANSIBLE_STRATEGY=linear.
 """
@@ -27,9 +29,11 @@ from __future__ import annotations
 from typing import Any
 
 from ansible import constants as C
-from ansible._internal import _display_utils
+from ansible._internal import _display_utils, _task
 from ansible._internal._templating._engine import TemplateEngine
+from ansible.executor.task_executor import TaskExecutor
 from ansible.executor.task_result import _RawTaskResult
+from ansible.plugins import loader as plugin_loader
 from ansible.plugins.loader import filter_loader, test_loader
 from ansible.utils.display import Display
 
@@ -49,13 +53,26 @@ for _loader in (filter_loader, test_loader):
         pass
 
 
-class SkipWithoutWorker:
-    """`_queue_task` for a task whose condition is false on the host: its skipped result
-    straight onto the results queue, no worker forked."""
+# Actions that run on the controller and never reach the host (their action plugins say so:
+# `_requires_connection = False`), and that return at once: the main process runs them itself.
+CONTROLLER_ACTIONS = frozenset(
+    prefix + name
+    for name in ("assert", "debug", "fail", "set_fact", "validate_argument_spec")
+    for prefix in ("", "ansible.builtin.", "ansible.legacy.")
+)
+
+
+class WithoutWorker:
+    """`_queue_task` without a worker where none is needed: a task whose condition is false
+    on the host, and a controller-only action (CONTROLLER_ACTIONS). Their results go straight
+    onto the results queue."""
 
     def _queue_task(self, host: Any, task: Any, task_vars: Any, play_context: Any) -> None:
-        skipped = self._skipped_result(host, task, task_vars, play_context)
-        if skipped is None:
+        result = self._skipped_result(host, task, task_vars, play_context)
+        fields = task.dump_attrs() if result is not None else None
+        if result is None and self._runs_here(task):
+            result, fields = self._run_here(host, task, task_vars, play_context)
+        if result is None:
             super()._queue_task(host, task, task_vars, play_context)  # type: ignore[misc]
             return
         # What StrategyBase._queue_task and the worker would have done, less the fork.
@@ -67,9 +84,42 @@ class SkipWithoutWorker:
         }
         self._tqm.send_callback("v2_runner_on_start", host, task)  # type: ignore[attr-defined]
         self._final_q.send_task_result(  # type: ignore[attr-defined]
-            _RawTaskResult(host=host, task=task, return_data=skipped, task_fields=task.dump_attrs())
+            _RawTaskResult(host=host, task=task, return_data=result, task_fields=fields)
         )
         self._pending_results += 1  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _runs_here(task: Any) -> bool:
+        return (
+            task.action in CONTROLLER_ACTIONS
+            and task.loop is None
+            and not task.loop_with
+            and not task.delegate_to
+            and not task.async_val
+            and not task.until  # retries would sleep here, holding up every other host
+            and not task.timeout  # an alarm signal in the main process
+        )
+
+    def _run_here(
+        self, host: Any, task: Any, task_vars: Any, play_context: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What WorkerProcess does, in this process: Ansible's TaskExecutor on a copy of the
+        task (it validates and squashes the task it runs, and writes into the variables it
+        is given, which a forked worker does on its own copies)."""
+        executed = task.copy()
+        with _task.TaskContext(executed):
+            result = TaskExecutor(
+                host,
+                executed,
+                dict(task_vars),
+                play_context,
+                self._loader,  # type: ignore[attr-defined]
+                plugin_loader.get_plugin_loader_namespace(),
+                self._final_q,  # type: ignore[attr-defined]
+                self._variable_manager,  # type: ignore[attr-defined]
+            ).run()
+        display.vvvv(f"{task.get_name()}: {task.action} ran on {host.name} without a worker")
+        return result, executed.dump_attrs()
 
     def _skipped_result(
         self, host: Any, task: Any, task_vars: Any, play_context: Any
@@ -130,14 +180,14 @@ except ImportError as error:
         "slower; install the controller's dependencies (make venv) to get it back."
     )
 
-    class StrategyModule(SkipWithoutWorker, _Linear):
+    class StrategyModule(WithoutWorker, _Linear):
         """The built-in linear strategy, skipping false conditions without a worker."""
 
 else:
     _Base = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 
     class StrategyModule(  # type: ignore[no-redef]
-        SkipWithoutWorker,
+        WithoutWorker,
         ansible_mitogen.strategy.StrategyMixin,
         _Base,  # type: ignore[valid-type,misc]
     ):

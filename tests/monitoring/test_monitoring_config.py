@@ -26,8 +26,9 @@ HOSTS: dict[str, dict[str, Any]] = {
     "web1": {"ansible_host": "10.9.0.2"},
     "web2": {"ansible_host": "10.9.0.3"},
     "db1": {"ansible_host": "10.9.0.4"},
-    "gpu1": {"ansible_host": "10.9.0.5", "ansible_local": {"nvitop": {"exporter": True}}},
-    "gpu2": {"ansible_host": "10.9.0.6", "ansible_local": {"nvitop": {"exporter": False}}},
+    # The local facts the nvitop role leaves on each gpu host (render.yml makes them facts).
+    "gpu1": {"ansible_host": "10.9.0.5", "local_facts": {"nvitop": {"exporter": True}}},
+    "gpu2": {"ansible_host": "10.9.0.6", "local_facts": {"nvitop": {"exporter": False}}},
 }
 GROUPS = {
     "lb": ["lb1"],

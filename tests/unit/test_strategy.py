@@ -200,3 +200,100 @@ def test_false_conditions_skip_without_a_worker_and_look_the_same(tmp_path: Path
     assert ours.stdout.count("skipped without a worker") == 4, ours.stdout[-3000:]
     assert "No such variable" not in ours.stdout
     assert "no_such_variable" in ours.stdout.split("condition left to the worker")[1]
+
+
+# Controller-only actions of every kind the roles use, on two hosts, each task's result
+# written down: a shared task object or shared variables would show as one host's values
+# on the other.
+CONTROLLER = r"""
+- name: Controller probe
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Validate arguments
+      ansible.builtin.validate_argument_spec:
+        argument_spec:
+          port: {type: int, required: true}
+        provided_arguments:
+          port: "{{ 8000 + (inventory_hostname == 'two') | int }}"
+      register: validated
+
+    - name: Set a fact per host
+      ansible.builtin.set_fact:
+        mine: "{{ inventory_hostname }}-fact"
+
+    - name: Check it, with a message per host
+      ansible.builtin.assert:
+        that: mine == inventory_hostname ~ '-fact'
+        success_msg: "{{ inventory_hostname }} has {{ mine }}"
+        quiet: false
+      register: checked
+
+    - name: Show it
+      ansible.builtin.debug:
+        msg: "{{ mine }}"
+      register: shown
+
+    - name: Fail on one host only, and go on
+      ansible.builtin.fail:
+        msg: "{{ inventory_hostname }} fails"
+      when: inventory_hostname == 'two'
+      ignore_errors: true
+      register: failed_one
+
+    - name: An assertion that fails, with the operator's sentence
+      ansible.builtin.assert:
+        that: mine == 'nobody'
+        fail_msg: "{{ inventory_hostname }}: mine is {{ mine }}"
+      ignore_errors: true
+      register: refused
+
+    - name: Write down what was registered
+      ansible.builtin.copy:
+        content: "{{ {'validated': validated.failed, 'checked': checked, 'shown': shown.msg,
+                      'failed_one': failed_one, 'refused': refused} | to_json }}"
+        dest: "{{ report }}-{{ inventory_hostname }}.json"
+        mode: "0644"
+"""
+
+
+def recap(stdout: str) -> list[str]:
+    """The PLAY RECAP's lines of both hosts."""
+    return stdout[stdout.rindex("PLAY RECAP") :].split("\n")[1:3]
+
+
+def test_controller_actions_run_without_a_worker_and_look_the_same(tmp_path: Path) -> None:
+    playbook = tmp_path / "controller.yml"
+    playbook.write_text(CONTROLLER)
+    procs = {}
+    for strategy, extra in (("slipway_linear", ["-vvvv"]), ("linear", [])):
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+        env["ANSIBLE_STRATEGY"] = strategy
+        procs[strategy] = subprocess.run(
+            [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "one,two,",
+             "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
+             "-e", f"report={tmp_path / strategy}", *extra, str(playbook)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    for proc in procs.values():
+        assert proc.returncode == 0, proc.stdout[-3000:]
+    recaps = {s: recap(p.stdout) for s, p in procs.items()}
+    assert recaps["slipway_linear"] == recaps["linear"], recaps
+    seen = {
+        (s, h): json.loads((tmp_path / f"{s}-{h}.json").read_text())
+        for s in ("slipway_linear", "linear")
+        for h in ("one", "two")
+    }
+    for host in ("one", "two"):
+        ours, plain = seen["slipway_linear", host], seen["linear", host]
+        assert ours == plain, (ours, plain)
+        assert ours["checked"]["msg"] == f"{host} has {host}-fact"
+        assert ours["shown"] == f"{host}-fact"
+        assert ours["refused"]["failed"]
+        assert ours["refused"]["msg"] == f"{host}: mine is {host}-fact"
+        assert ours["validated"] is False
+    assert seen["slipway_linear", "two"]["failed_one"]["msg"] == "two fails"
+    assert seen["slipway_linear", "one"]["failed_one"]["skipped"]
+    # Five controller actions on each host, and one on "two" (fail) ran here; "one" skipped it.
+    out = procs["slipway_linear"].stdout
+    assert out.count("without a worker") - out.count("skipped without a worker") == 11, out[-3000:]
