@@ -297,3 +297,62 @@ def test_controller_actions_run_without_a_worker_and_look_the_same(tmp_path: Pat
     # Five controller actions on each host, and one on "two" (fail) ran here; "one" skipped it.
     out = procs["slipway_linear"].stdout
     assert out.count("without a worker") - out.count("skipped without a worker") == 11, out[-3000:]
+
+
+# Renders the same sources twice, with two templars, under every compile setting that changes
+# Jinja's code (a template header's delimiters, escape_backslashes), and counts the times
+# Jinja compiled each; "cached" loads the strategy module first.
+COMPILE_PROBE = r"""
+import collections, importlib.util, json, sys
+import jinja2
+
+calls = collections.Counter()
+jinja_compile = jinja2.Environment.compile
+
+def counting(self, source, *args, **kwargs):
+    calls[source if isinstance(source, str) else "<expression tree>"] += 1
+    return jinja_compile(self, source, *args, **kwargs)
+
+jinja2.Environment.compile = counting
+if sys.argv[1] == "cached":
+    spec = importlib.util.spec_from_file_location("slipway_linear", sys.argv[2])
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+from ansible.template import Templar, trust_as_template
+
+seen = []
+for x in (2, 3):
+    t = Templar(variables={"x": x})
+    seen.append(t.template(trust_as_template("{{ x * 2 }}")))
+    seen.append(t.template(trust_as_template(
+        "#jinja2:variable_start_string:'[%', variable_end_string:'%]'\n[% x %]{{ x }}")))
+    seen.append(t.template(trust_as_template("[% x %]{{ x }}")))
+    seen.append(t.evaluate_expression(trust_as_template("x + 1")))
+    seen.append(t.template(trust_as_template("{{ '\\n' | length }}"), escape_backslashes=False))
+    seen.append(t.template(trust_as_template("{{ '\\n' | length }}")))
+print(json.dumps({"seen": seen, "calls": calls}))
+"""
+
+
+def test_templates_compile_once_per_source_and_render_the_same(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(COMPILE_PROBE)
+    runs = {}
+    for mode in ("plain", "cached"):
+        proc = subprocess.run(
+            [sys.executable, str(probe), mode, str(REPO / "plugins/strategy/slipway_linear.py")],
+            cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[mode] = json.loads(proc.stdout.splitlines()[-1])
+    plain, cached = runs["plain"], runs["cached"]
+    assert cached["seen"] == plain["seen"] == [
+        4, "2{{ x }}", "[% x %]2", 3, 1, 2,
+        6, "3{{ x }}", "[% x %]3", 4, 1, 2,
+    ]  # fmt: skip
+    # Twice each without the cache; once per source and compile setting with it.
+    assert plain["calls"]["{{ x * 2 }}"] == 2 and cached["calls"]["{{ x * 2 }}"] == 1
+    assert plain["calls"]["<expression tree>"] == 2 and cached["calls"]["<expression tree>"] == 1
+    # The header's delimiters and the plain ones are two compilations of one body.
+    assert plain["calls"]["[% x %]{{ x }}"] == 4 and cached["calls"]["[% x %]{{ x }}"] == 2
+    assert plain["calls"]["{{ '\\n' | length }}"] == 4
+    assert cached["calls"]["{{ '\\n' | length }}"] == 2
