@@ -26,8 +26,7 @@ help: ## List the commands
 # pip (python3-pip, no recommends: a few MB) and refuses pip installs unless told (PEP 668).
 # --compile-bytecode writes every module's .pyc now (~7 s), not at its first import, which
 # never happens where PYTHONDONTWRITEBYTECODE is set (CI and container images often set it):
-# there every ansible-playbook, and every worker it forks, compiled Ansible from source
-# (README, "Converge speed").
+# there every Ansible command compiled Ansible from source at start (README, "Converge speed").
 $(VENV)/.synced: pyproject.toml uv.lock app/pyproject.toml Makefile
 	@command -v uv >/dev/null || { $(PYTHON) -m pip --version >/dev/null 2>&1 \
 	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-pip; }; \
