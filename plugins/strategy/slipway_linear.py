@@ -143,11 +143,11 @@ class WithoutWorker:
     onto the results queue."""
 
     def _queue_task(self, host: Any, task: Any, task_vars: Any, play_context: Any) -> None:
-        result = self._skipped_result(host, task, task_vars, play_context)
-        fields = task.dump_attrs() if result is not None else None
-        if result is None and self._runs_here(task):
+        if (result := self._skipped_result(host, task, task_vars, play_context)) is not None:
+            fields = task.dump_attrs()
+        elif self._runs_here(task):
             result, fields = self._run_here(host, task, task_vars, play_context)
-        if result is None:
+        else:
             super()._queue_task(host, task, task_vars, play_context)  # type: ignore[misc]
             return
         # What StrategyBase._queue_task and the worker would have done, less the fork.
@@ -164,12 +164,15 @@ class WithoutWorker:
         self._pending_results += 1  # type: ignore[attr-defined]
 
     @staticmethod
-    def _runs_here(task: Any) -> bool:
+    def _once_on_its_host(task: Any) -> bool:
+        """No loop (a worker runs each item) and no delegation to another host."""
+        return task.loop is None and not task.loop_with and not task.delegate_to
+
+    @classmethod
+    def _runs_here(cls, task: Any) -> bool:
         return (
             task.action in CONTROLLER_ACTIONS
-            and task.loop is None
-            and not task.loop_with
-            and not task.delegate_to
+            and cls._once_on_its_host(task)
             and not task.async_val
             and not task.until  # retries would sleep here, holding up every other host
             and not task.timeout  # an alarm signal in the main process
@@ -204,9 +207,7 @@ class WithoutWorker:
         reports that error), loops, delegation, includes."""
         if (
             not task.when
-            or task.loop is not None
-            or task.loop_with
-            or task.delegate_to
+            or not self._once_on_its_host(task)
             or task.action in C._ACTION_ALL_INCLUDES
         ):
             return None
@@ -256,7 +257,7 @@ except ImportError as error:
     )
 
     class StrategyModule(WithoutWorker, _Linear):
-        """The built-in linear strategy, skipping false conditions without a worker."""
+        """The built-in linear strategy, without a worker where none is needed."""
 
 else:
     _Base = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
@@ -267,4 +268,4 @@ else:
         _Base,  # type: ignore[valid-type,misc]
     ):
         """The built-in linear strategy with Mitogen's connections and module runner,
-        skipping false conditions without a worker."""
+        without a worker where none is needed."""
