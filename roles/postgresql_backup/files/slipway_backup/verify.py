@@ -135,23 +135,36 @@ def wait_promoted(
         time.sleep(0.5)
 
 
+def scratch_spool(path: Path) -> Path:
+    """The scratch cluster's own pgBackRest spool, beside its data directory. A restore empties
+    the stanza's archive spool before it starts; with the configured spool that is the live
+    cluster's async archive-push queue (a segment pushed meanwhile made the restore fail,
+    "Directory not empty"), and the scratch cluster's archive-get would queue WAL there too."""
+    return path.with_name(f"{path.name}.spool")
+
+
 def scratch_restore(
     cfg: Config, target_args: list[str], *, port: int, keep: bool, path: Path | None = None
 ) -> dict[str, Any]:
     """Restore into a throwaway cluster beside the live one and start it on `port`."""
     path = path or cfg.scratch_dir
+    spool = scratch_spool(path)
     if path.exists():
         if (path / "postmaster.pid").exists():
             with contextlib.suppress(BackupError):
                 pg_ctl(cfg, path, "stop", "-m", "immediate", timeout=60)
         shutil.rmtree(path)
-    path.mkdir(mode=0o700, parents=True)
-    shutil.chown(path, "postgres", "postgres")
+    if spool.exists():
+        shutil.rmtree(spool)
+    for made in (path, spool):
+        made.mkdir(mode=0o700, parents=True)
+        shutil.chown(made, "postgres", "postgres")
     started = now()
     pgbackrest(
         cfg,
         "restore",
         f"--pg1-path={path}",
+        f"--spool-path={spool}",  # also in the restore_command pgBackRest writes for it
         "--archive-mode=off",
         f"--process-max={cfg.process_max}",
         *target_args,
@@ -187,13 +200,16 @@ def scratch_restore(
 
 def drop_scratch(cfg: Config, path: Path | None = None) -> bool:
     path = path or cfg.scratch_dir
-    if not path.exists():
-        return False
-    if (path / "postmaster.pid").exists():
-        with contextlib.suppress(BackupError):
-            pg_ctl(cfg, path, "stop", "-m", "fast", timeout=120)
-    shutil.rmtree(path)
-    return True
+    spool = scratch_spool(path)
+    existed = path.exists()
+    if existed:
+        if (path / "postmaster.pid").exists():
+            with contextlib.suppress(BackupError):
+                pg_ctl(cfg, path, "stop", "-m", "fast", timeout=120)
+        shutil.rmtree(path)
+    if spool.exists():
+        shutil.rmtree(spool)
+    return existed
 
 
 def compare(live: dict[str, list[str]], restored: dict[str, list[str]]) -> list[str]:
