@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
+# ansible-playbook's arguments for a play on this machine, run by the tests' interpreter.
+LOCALHOST = (
+    "-i",
+    "localhost,",
+    "-c",
+    "local",
+    "-e",
+    f"ansible_python_interpreter={sys.executable}",
+)
 
 AnsibleRunner = Callable[..., subprocess.CompletedProcess[str]]
 

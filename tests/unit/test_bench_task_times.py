@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from bench.converge_bench import BIN, REPO, Bench, Run
+from tests.conftest import LOCALHOST
 
 PLAYBOOK = """
 - name: Timed
@@ -42,8 +42,7 @@ def test_each_task_is_timed_with_its_role(tmp_path: Path) -> None:
         ANSIBLE_STRATEGY="linear",  # the callback, not the strategy, is under test
     )
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         "-e", f"ansible_python_interpreter={sys.executable}", str(tmp_path / "play.yml")],
+        [str(BIN / "ansible-playbook"), *LOCALHOST, str(tmp_path / "play.yml")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr

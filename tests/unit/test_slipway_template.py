@@ -8,7 +8,6 @@ import base64
 import hashlib
 import json
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from plugins.modules import slipway_template
-from tests.conftest import AnsibleRunner
+from tests.conftest import LOCALHOST, AnsibleRunner
 from tests.unit.module_harness import ExitJson, FailJson, patch_exits
 
 
@@ -184,19 +183,8 @@ def play(tmp_path: Path, ansible: AnsibleRunner) -> Any:
     out.mkdir()
 
     def run(*extra: str) -> tuple[dict[str, Any], str]:
-        proc = ansible(
-            "ansible-playbook",
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            "-e",
-            f"out={out}",
-            *extra,
-            str(tmp_path / "play.yml"),
-        )
+        playbook = str(tmp_path / "play.yml")
+        proc = ansible("ansible-playbook", *LOCALHOST, "-e", f"out={out}", *extra, playbook)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
         return json.loads((out / "report.json").read_text()), proc.stdout
 

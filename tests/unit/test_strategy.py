@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import LOCALHOST, REPO
 
 # Each task reports the process that ran its module: over Mitogen one interpreter on the
 # host, named "(mitogen:...)", serves every task; Ansible's own strategy starts a fresh
@@ -55,12 +55,7 @@ def run_playbook(tmp_path: Path, *, block_mitogen: bool) -> subprocess.Completed
     return subprocess.run(
         [
             str(bin_dir / "ansible-playbook"),
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
+            *LOCALHOST,
             "-e",
             f"report={tmp_path / 'report.json'}",
             str(playbook),
@@ -169,8 +164,7 @@ def run_skips(tmp_path: Path, strategy: str, *extra: str) -> subprocess.Complete
     env["ANSIBLE_STRATEGY"] = strategy
     bin_dir = Path(sys.executable).parent
     return subprocess.run(
-        [str(bin_dir / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         "-e", f"ansible_python_interpreter={sys.executable}",
+        [str(bin_dir / "ansible-playbook"), *LOCALHOST,
          "-e", f"report={tmp_path / f'{strategy}.json'}", *extra, str(playbook)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip

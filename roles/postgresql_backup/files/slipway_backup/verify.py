@@ -149,13 +149,7 @@ def scratch_restore(
     """Restore into a throwaway cluster beside the live one and start it on `port`."""
     path = path or cfg.scratch_dir
     spool = scratch_spool(path)
-    if path.exists():
-        if (path / "postmaster.pid").exists():
-            with contextlib.suppress(BackupError):
-                pg_ctl(cfg, path, "stop", "-m", "immediate", timeout=60)
-        shutil.rmtree(path)
-    if spool.exists():
-        shutil.rmtree(spool)
+    drop_scratch(cfg, path, stop_mode="immediate")  # what an earlier run left
     for made in (path, spool):
         made.mkdir(mode=0o700, parents=True)
         shutil.chown(made, "postgres", "postgres")
@@ -198,14 +192,15 @@ def scratch_restore(
     }
 
 
-def drop_scratch(cfg: Config, path: Path | None = None) -> bool:
+def drop_scratch(cfg: Config, path: Path | None = None, *, stop_mode: str = "fast") -> bool:
+    """Stop and remove a scratch cluster and its spool; whether the cluster was there."""
     path = path or cfg.scratch_dir
     spool = scratch_spool(path)
     existed = path.exists()
     if existed:
         if (path / "postmaster.pid").exists():
             with contextlib.suppress(BackupError):
-                pg_ctl(cfg, path, "stop", "-m", "fast", timeout=120)
+                pg_ctl(cfg, path, "stop", "-m", stop_mode, timeout=120)
         shutil.rmtree(path)
     if spool.exists():
         shutil.rmtree(spool)
