@@ -350,3 +350,52 @@ def test_templates_compile_once_per_source_and_render_the_same(tmp_path: Path) -
     assert plain["calls"]["[% x %]{{ x }}"] == 4 and cached["calls"]["[% x %]{{ x }}"] == 2
     assert plain["calls"]["{{ '\\n' | length }}"] == 4
     assert cached["calls"]["{{ '\\n' | length }}"] == 2
+
+
+# Run in a fresh interpreter: loading the strategy patches Mitogen and Jinja process-wide.
+SCAN_CHECK = r"""
+import glob, importlib.util, json, os, sys
+import ansible, ansible_mitogen.module_finder as finder
+
+mitogens_own = finder._scan_importlib_find_spec
+spec = importlib.util.spec_from_file_location("slipway_linear", sys.argv[1])
+strategy = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(strategy)
+assert finder._scan_importlib_find_spec is strategy._scan_cached, "not installed"
+
+builtin = os.path.dirname(ansible.__file__)
+search = (os.path.abspath("plugins/module_utils"), os.path.join(builtin, "module_utils"))
+modules = sorted(glob.glob(builtin + "/modules/*.py") + glob.glob("plugins/modules/*.py"))
+compiled = []
+real_compile = compile
+strategy.compile = lambda *a: compiled.append(a[1]) or real_compile(*a)
+differ = []
+for path in modules:
+    name = "ansible_module_" + os.path.basename(path)[:-3]
+    if strategy._scan_cached(name, path, search) != mitogens_own(name, path, search):
+        differ.append(path)
+first = len(compiled)
+for path in modules:  # the same scans again: nothing read twice
+    strategy._scan_cached("ansible_module_" + os.path.basename(path)[:-3], path, search)
+print(json.dumps({"modules": len(modules), "differ": differ, "compiled": first,
+                  "recompiled": len(compiled) - first}))
+"""
+
+
+def test_module_scan_cache_finds_what_mitogen_finds_and_compiles_each_file_once() -> None:
+    pytest.importorskip("ansible_mitogen")
+    proc = subprocess.run(
+        [sys.executable, "-c", SCAN_CHECK, str(REPO / "plugins/strategy/slipway_linear.py")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(proc.stdout)
+    assert report["modules"] > 60, report
+    assert report["differ"] == [], report
+    # Each module and module_utils file once (Mitogen's own scan compiles basic.py and its
+    # imports again for every module), and none on the second pass.
+    assert report["modules"] < report["compiled"] < 3 * report["modules"], report
+    assert report["recompiled"] == 0, report
