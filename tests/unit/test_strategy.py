@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -334,6 +335,8 @@ def test_templates_compile_once_per_source_and_render_the_same(tmp_path: Path) -
     for mode in ("plain", "cached"):
         proc = subprocess.run(
             [sys.executable, str(probe), mode, str(REPO / "plugins/strategy/slipway_linear.py")],
+            # A fresh disk cache: the compilations counted are this run's own.
+            env=dict(os.environ, SLIPWAY_JINJA_CACHE=str(tmp_path / mode)),
             cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -399,3 +402,102 @@ def test_module_scan_cache_finds_what_mitogen_finds_and_compiles_each_file_once(
     # imports again for every module), and none on the second pass.
     assert report["modules"] < report["compiled"] < 3 * report["modules"], report
     assert report["recompiled"] == 0, report
+
+
+# Templates and expressions of every path the cache takes: a task argument, a condition, a
+# filter-heavy expression, a loop. The report shows that rendering comes out the same.
+COMPILED = r"""
+- name: Compiled template cache probe
+  hosts: localhost
+  gather_facts: false
+  vars:
+    names: [b, a, c]
+  tasks:
+    - name: Render
+      ansible.builtin.set_fact:
+        joined: "{{ names | sort | join('-') }}"
+        counted: "{{ names | length * 2 }}"
+      when: names | length > 2
+
+    - name: Write down what was rendered
+      ansible.builtin.copy:
+        content: "{{ {'joined': joined, 'counted': counted, 'items': items} | to_json }}"
+        dest: "{{ report }}"
+        mode: "0644"
+      vars:
+        items: "{{ names | map('upper') | list }}"
+"""
+
+
+def run_compiled(tmp_path: Path, cache: str) -> dict[str, Any]:
+    playbook = tmp_path / "compiled.yml"
+    playbook.write_text(COMPILED)
+    report = tmp_path / "report.json"
+    report.unlink(missing_ok=True)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), SLIPWAY_JINJA_CACHE=cache)
+    env.pop("ANSIBLE_STRATEGY", None)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), *LOCALHOST,
+         "-e", f"report={report}", str(playbook)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result: dict[str, Any] = json.loads(report.read_text())
+    result["warnings"] = proc.stderr
+    return result
+
+
+def cache_files(root: Path) -> dict[str, int]:
+    """Each cached file (under its version directory) and its modification time."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.glob("*/*")}
+
+
+EXPECTED = {"joined": "a-b-c", "counted": 6, "items": ["B", "A", "C"]}
+
+
+def test_compiled_templates_are_kept_on_disk_and_loaded_by_the_next_run(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    old, foreign = root / "cpython-39-jinja2.11.3-ansible2.9.27-1", root / "notes"
+    old.mkdir(parents=True)
+    foreign.mkdir()
+    first = run_compiled(tmp_path, str(root))
+    assert not old.exists(), "another version's code was left"
+    assert foreign.exists(), "a directory the cache does not own was removed"
+    foreign.rmdir()
+    written = cache_files(root)
+    assert len(written) >= 4, written
+    (version,) = root.iterdir()  # named after the versions whose compiled code it holds
+    assert "-jinja" in version.name and "-ansible" in version.name, version.name
+    assert version.stat().st_mode & 0o077 == 0, oct(version.stat().st_mode)
+    # A second run compiles nothing: every file is loaded, none written again or added.
+    second = run_compiled(tmp_path, str(root))
+    assert cache_files(root) == written
+    for result in (first, second):
+        assert {k: result[k] for k in EXPECTED} == EXPECTED
+
+
+def test_unreadable_cache_files_are_compiled_again(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    run_compiled(tmp_path, str(root))
+    files = list(root.glob("*/*"))
+    for path in files:
+        path.write_bytes(b"not marshal data")
+    result = run_compiled(tmp_path, str(root))
+    assert {k: result[k] for k in EXPECTED} == EXPECTED
+    assert all(p.read_bytes() != b"not marshal data" for p in files), "not rewritten"
+
+
+def test_the_cache_can_be_turned_off_and_refuses_a_shared_directory(tmp_path: Path) -> None:
+    result = run_compiled(tmp_path, "off")
+    assert {k: result[k] for k in EXPECTED} == EXPECTED
+    assert not list(tmp_path.glob("**/cpython-*")), "off wrote a cache"
+    shared = tmp_path / "shared"
+    run_compiled(tmp_path, str(shared))
+    (version,) = shared.iterdir()
+    for path in version.iterdir():
+        path.unlink()
+    version.chmod(0o777)  # anyone could plant code here: not used
+    result = run_compiled(tmp_path, str(shared))
+    assert {k: result[k] for k in EXPECTED} == EXPECTED
+    assert "is not private to this user" in result["warnings"], result["warnings"][-2000:]
+    assert not list(version.iterdir()), "a shared directory was written"
