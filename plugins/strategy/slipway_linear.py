@@ -124,13 +124,15 @@ class _CodeCache:
         )
         root = os.path.join(base, tag)
         try:
+            os.makedirs(base, mode=0o700, exist_ok=True)
             os.makedirs(root, mode=0o700, exist_ok=True)
-            status = os.stat(root)
-            if status.st_uid != os.geteuid() or status.st_mode & 0o022:
-                display.warning(
-                    f"{root} is not private to this user: compiled templates are not cached"
-                )
-                return None
+            for path in (base, root):  # whoever can write either can plant code here
+                status = os.stat(path)
+                if status.st_uid != os.geteuid() or status.st_mode & 0o022:
+                    display.warning(
+                        f"{path} is not private to this user: compiled templates are not cached"
+                    )
+                    return None
             entries = os.listdir(root)
             for other in set(os.listdir(base)) - {tag}:  # other versions' code: never loaded
                 if re.fullmatch(r"[a-z]+-\d+-jinja[\w.]+-ansible[\w.]+-\d+", other):

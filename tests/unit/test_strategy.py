@@ -501,3 +501,8 @@ def test_the_cache_can_be_turned_off_and_refuses_a_shared_directory(tmp_path: Pa
     assert {k: result[k] for k in EXPECTED} == EXPECTED
     assert "is not private to this user" in result["warnings"], result["warnings"][-2000:]
     assert not list(version.iterdir()), "a shared directory was written"
+    version.chmod(0o700)
+    shared.chmod(0o777)  # the directory above it, too: it could be swapped
+    result = run_compiled(tmp_path, str(shared))
+    assert "is not private to this user" in result["warnings"], result["warnings"][-2000:]
+    assert not list(version.iterdir()), "a directory under a shared one was written"
